@@ -1,0 +1,73 @@
+"""Atomic, durable file placement: temp name beside the target, fsync, rename.
+
+A tile server or a hospital backup must never see half a file, and a crash
+must leave either the old state or the new one. Renames are atomic only
+within one filesystem, so moves across filesystems copy to a temporary name
+on the target side first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fp:
+        os.fsync(fp.fileno())
+
+
+def fsync_and_rename(tmp: Path, target: Path) -> None:
+    """Make a fully written temporary file durable and give it its final name."""
+    fsync_file(tmp)
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+
+
+def temp_name(target: Path) -> Path:
+    return target.parent / f".{target.name}.{os.getpid()}.tmp"
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    tmp = temp_name(target)
+    with open(tmp, "wb") as fp:
+        fp.write(data)
+        fp.flush()
+        os.fsync(fp.fileno())
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def durable_move(src: Path, target: Path) -> None:
+    """Move a file so that `target` appears complete or not at all, even across filesystems."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if os.stat(src).st_dev == os.stat(target.parent).st_dev:
+            fsync_file(src)
+            os.replace(src, target)
+            fsync_dir(target.parent)
+            return
+    except FileNotFoundError:
+        raise
+    tmp = temp_name(target)
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())
+    shutil.copystat(src, tmp)
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+    os.unlink(src)
