@@ -246,7 +246,7 @@ def read_dataset_header(path: str | Path) -> tuple[Dataset, PixelDataLocation | 
             location = _read_pixel_data_location(fp, implicit, extended)
     except InvalidDicomError as exc:
         raise NotDicomError(
-            f"{path}: not a DICOM file ({exc}).",
+            f"{path}: not a DICOM file (no DICM marker or file meta header).",
             "Remove it from the input, or check that the sender wrote a complete DICOM Part 10 file.",
         ) from exc
     except (EOFError, OSError, ValueError, struct.error, KeyError, TypeError) as exc:

@@ -136,7 +136,7 @@ def write_tiff(
             page += 1
             thumb = by_name.get("thumbnail")
             if thumb is not None:
-                _write_associated(tif, thumb, f"Aperio Image Library v12.0.15 \r\n{thumb.pixels.shape[1]}x{thumb.pixels.shape[0]}")
+                _write_associated(tif, thumb, f"Aperio Image Library v12.0.15\r\nthumbnail {thumb.pixels.shape[1]}x{thumb.pixels.shape[0]}")
                 pages["thumbnail"] = page
                 page += 1
             for i, lv in enumerate(levels[1:], start=1):
