@@ -93,7 +93,7 @@ def _write_associated(tif: tifffile.TiffWriter, image: AssociatedImage, descript
         pixels,
         photometric="rgb" if rgb else "minisblack",
         compression=compression,
-        subfiletype=1 if image.name == "label" else 0,
+        subfiletype={"label": 1, "macro": 9}.get(image.name, 0),  # Aperio convention; OpenSlide 4 relies on it
         description=description,
         metadata=None,
         software="wsi-node",
@@ -136,7 +136,7 @@ def write_tiff(
             page += 1
             thumb = by_name.get("thumbnail")
             if thumb is not None:
-                _write_associated(tif, thumb, f"Aperio Image Library v12.0.15\r\nthumbnail {thumb.pixels.shape[1]}x{thumb.pixels.shape[0]}")
+                _write_associated(tif, thumb, f"Aperio Image Library v12.0.15\nthumbnail {thumb.pixels.shape[1]}x{thumb.pixels.shape[0]}")
                 pages["thumbnail"] = page
                 page += 1
             for i, lv in enumerate(levels[1:], start=1):
@@ -147,7 +147,7 @@ def write_tiff(
                 img = by_name.get(name)
                 if img is not None:
                     h, w = img.pixels.shape[:2]
-                    _write_associated(tif, img, f"Aperio Image Library v12.0.15\r\n{name} {w}x{h}")
+                    _write_associated(tif, img, f"Aperio Image Library v12.0.15\n{name} {w}x{h}")
                     pages[name] = page
                     page += 1
         else:
