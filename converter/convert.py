@@ -24,7 +24,7 @@ import tifffile
 from config.errors import WsiNodeError
 from config.settings import ConversionOptions
 from converter.codec import fill_tile_like, ts_name
-from converter.errors import OutputError, VerificationError
+from converter.errors import DecodeError, OutputError, VerificationError
 from converter.instance import WsiInstance
 from converter.jpeg import JpegInfo, parse_jpeg
 from converter.layout import COPYABLE_SUBSAMPLING, LayoutPlan, SourceLevelFacts, plan_layout
@@ -110,6 +110,12 @@ def _copy_tiles(index: int, level: Level, reader: LevelReader, info: JpegInfo, f
             if data is None:
                 yield fill
                 continue
+            if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+                ref = ti.frames[(col, row)]
+                raise DecodeError(
+                    f"{level.instances[ref.instance].path}: frame {ref.frame + 1} is not a complete JPEG bitstream (no end-of-image marker); the file is corrupt or truncated.",
+                    "Send or copy the file again; if it persists, re-export the slide from the scanner.",
+                )
             try:
                 got = parse_jpeg(data)
             except ValueError as exc:

@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 from typing import Callable
 
+import imagecodecs
 import numpy as np
 import tifffile
 
@@ -37,6 +38,9 @@ def _sample_tiles(across: int, down: int, n: int, seed: int) -> list[tuple[int, 
     return seen[: max(n, 1)]
 
 
+_TAG_COLORSPACE = {1: "GRAY", 2: "RGB", 6: "YCBCR"}
+
+
 class _TiffTiles:
     def __init__(self, tif: tifffile.TiffFile, page_index: int) -> None:
         self.page = tif.pages[page_index]
@@ -49,9 +53,22 @@ class _TiffTiles:
         return self.fh.read(self.page.databytecounts[i])
 
     def decoded(self, col: int, row: int) -> np.ndarray:
-        i = row * self.across + col
-        data, _, _ = self.page.decode(self.raw(col, row), i, jpegtables=self.page.jpegtables)
-        a = np.asarray(data)[0]
+        """Decode a tile the strict way: the JPEG colour space is whatever the Photometric tag says.
+
+        Lenient readers (tifffile, Pillow) let a JFIF marker override an RGB tag;
+        strict ones do not, so a mislabelled tile must fail here.
+        """
+        raw = self.raw(col, row)
+        if self.page.compression == 7:
+            colorspace = _TAG_COLORSPACE.get(int(self.page.photometric))
+            if colorspace == "GRAY":
+                a = imagecodecs.jpeg8_decode(raw, colorspace="GRAY", outcolorspace="GRAY")
+            else:
+                a = imagecodecs.jpeg8_decode(raw, colorspace=colorspace, outcolorspace="RGB")
+        else:
+            i = row * self.across + col
+            data, _, _ = self.page.decode(raw, i, jpegtables=self.page.jpegtables)
+            a = np.asarray(data)[0]
         return a if a.ndim == 3 else a[..., np.newaxis]
 
 
