@@ -91,7 +91,7 @@ def run_convert(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         progress = tqdm(total=len(found.series), unit="slide", desc="converting")
-    with make_executor(args.max_concurrent) as pool:
+    with make_executor(args.max_concurrent, start_method="fork") as pool:
         futures: dict[Future, str] = {}
         for uid, instances in found.series.items():
             futures[pool.submit(convert_series, instances, _target(output, uid, single), options)] = uid

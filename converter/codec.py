@@ -136,14 +136,24 @@ TISSUE_THRESHOLD = 220
 
 
 def mad_per_channel(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest per-channel mean absolute difference, over tissue pixels of `b` when there are enough."""
-    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    mask = b.min(axis=2) < TISSUE_THRESHOLD
-    if mask.sum() >= 64:
-        diff = diff[mask]
-    else:
-        diff = diff.reshape(-1, diff.shape[-1])
-    return float(diff.mean(axis=0).max()) if diff.size else 0.0
+    """Largest per-channel mean absolute difference, over tissue pixels of `b` when there are enough.
+
+    Written for speed (it runs on every re-encoded tile): uint8 arithmetic and
+    masked sums instead of boolean indexing.
+    """
+    diff = np.maximum(a, b) - np.minimum(a, b)
+    channels = b.shape[2]
+    darkest = b[..., 0]
+    for c in range(1, channels):
+        darkest = np.minimum(darkest, b[..., c])
+    mask = darkest < TISSUE_THRESHOLD
+    n = int(np.count_nonzero(mask))
+    if n < 64:
+        mask, n = None, darkest.size
+    if n == 0:
+        return 0.0
+    sums = [int(np.sum(diff[..., c], where=mask if mask is not None else True, dtype=np.uint64)) for c in range(channels)]
+    return max(sums) / n
 
 
 def encode_checked(tile: np.ndarray, quality: int, max_mad: float | None) -> tuple[bytes, int]:

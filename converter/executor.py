@@ -12,6 +12,15 @@ import multiprocessing
 from concurrent.futures import Executor, ProcessPoolExecutor
 
 
-def make_executor(max_workers: int) -> Executor:
-    # spawn: children start clean, without the parent's threads and open sockets.
-    return ProcessPoolExecutor(max_workers=max_workers, mp_context=multiprocessing.get_context("spawn"))
+def make_executor(max_workers: int, start_method: str = "forkserver") -> Executor:
+    """A local process pool.
+
+    forkserver (default) suits long-running, multi-threaded parents such as the
+    node: workers fork from a clean server that has the converter preloaded.
+    The one-shot CLI is single-threaded when it creates the pool and uses
+    "fork", which saves re-importing the libraries (about 0.7 s) per run.
+    """
+    ctx = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        ctx.set_forkserver_preload(["converter.convert"])
+    return ProcessPoolExecutor(max_workers=max_workers, mp_context=ctx)

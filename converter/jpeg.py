@@ -38,11 +38,29 @@ def _u16(data: bytes, pos: int) -> int:
     return (data[pos] << 8) | data[pos + 1]
 
 
+_CACHE: dict[bytes, JpegInfo] = {}
+
+
 def parse_jpeg(data: bytes) -> JpegInfo:
     """Parse the header of a JPEG bitstream up to its first scan.
 
-    Raises ValueError when the bytes are not a JPEG bitstream.
+    Frames of one level usually share their header byte for byte, so results
+    are cached by header. Raises ValueError when the bytes are not JPEG.
     """
+    end = data.find(b"\xff\xda", 2, 4096)
+    if end > 0:
+        header = data[:end]
+        info = _CACHE.get(header)
+        if info is None:
+            info = _parse(data)
+            if len(_CACHE) > 256:
+                _CACHE.clear()
+            _CACHE[header] = info
+        return info
+    return _parse(data)
+
+
+def _parse(data: bytes) -> JpegInfo:
     if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
         raise ValueError("not a JPEG bitstream (no SOI marker)")
     pos = 2

@@ -8,7 +8,7 @@ say in the notes whenever an instance is not used, so nothing is lost silently.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from converter.errors import SeriesError
 from converter.instance import WsiInstance
@@ -48,12 +48,23 @@ def _concatenation_groups(instances: list[WsiInstance]) -> list[list[WsiInstance
     return out
 
 
+def _settle_inferred_roles(instances: list[WsiInstance]) -> list[WsiInstance]:
+    """Without ImageType, label and overview both may say BurnedInAnnotation=YES: the larger image is the overview."""
+    guessed = [i for i in instances if not i.flavor_from_image_type and i.flavor in ("LABEL", "OVERVIEW")]
+    if len(guessed) < 2:
+        return instances
+    guessed.sort(key=lambda i: -i.image_width * i.image_height)
+    roles = {guessed[0].sop_instance_uid: "OVERVIEW", **{i.sop_instance_uid: "LABEL" for i in guessed[1:]}}
+    return [replace(i, flavor=roles[i.sop_instance_uid]) if i.sop_instance_uid in roles else i for i in instances]
+
+
 def build_series(instances: list[WsiInstance]) -> Series:
     """Arrange the WSI instances of one series. Raises SeriesError if there is no VOLUME level."""
     if not instances:
         raise SeriesError("empty series", "")
     uid = instances[0].series_uid
     notes: list[str] = []
+    instances = _settle_inferred_roles(instances)
     volumes = [i for i in instances if i.flavor == "VOLUME"]
     if not volumes:
         names = ", ".join(sorted(i.name for i in instances))
