@@ -6,13 +6,17 @@ them, so `wsi-node convert`, the batch converter and the node behave alike.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from config.errors import ConfigError
 
 MODES = ("auto", "copy", "reencode")
 LAYOUTS = ("generic", "svs")
 ICC_POLICIES = ("strip", "keep")
+NAMINGS = ("series-uid", "drop-name")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -56,3 +60,73 @@ def validate_conversion(o: ConversionOptions) -> None:
         raise ConfigError(f"icc policy {o.icc!r} is not one of {', '.join(ICC_POLICIES)}.", "Use --icc strip or keep.")
     if o.threads < 1:
         raise ConfigError(f"threads {o.threads} must be at least 1.", "Use a positive number.")
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Everything the batch converter (`batch-converter`) needs, with its defaults.
+
+    Values are layered defaults < YAML file < environment < command line by
+    config.loader.load_batch_settings, which also checks them; the folder
+    checks (existence, write access, nesting) live in
+    config.loader.validate_batch_settings because they touch the file system
+    and may create folders. No __post_init__ validation here, unlike
+    ConversionOptions: a good message must name the option as the user wrote
+    it (flag, env var or YAML key), and only the loader knows that.
+    """
+
+    inbox: Path = Path("./inbox")
+    """Where slides are dropped (files or folders); must exist, the converter only reads it."""
+    serving: Path = Path("./serving")
+    """Finished pyramidal TIFFs, the folder a viewer serves from."""
+    archive: Path = Path("./archive")
+    """Sources that converted successfully are moved here, so the inbox only holds pending work."""
+    quarantine: Path = Path("./quarantine")
+    """Sources that failed go here with their report, so one bad slide is not retried forever."""
+    state_dir: Path = Path("./state")
+    """Bookkeeping (what is in progress or done) that must survive a restart."""
+    quality: int = 85
+    """JPEG quality (1-100) of re-encoded tiles."""
+    tile_size: int = 256
+    """Tile size of re-encoded pyramids, a positive multiple of 16 (a TIFF requirement)."""
+    max_concurrent: int = 2
+    """Slides converted in parallel; each conversion also gets cpu_count // max_concurrent threads."""
+    watch: bool = False
+    """Keep running and poll the inbox instead of converting what is there once and exiting."""
+    watch_interval: float = 10.0
+    """Seconds between inbox scans in watch mode."""
+    dry_run: bool = False
+    """Report what would be converted and moved, without writing anything."""
+    mode: str = "auto"
+    """copy: JPEG frames byte for byte; reencode: decode and encode; auto: copy where possible."""
+    layout: str = "generic"
+    """generic: pyramidal TIFF; svs: Aperio-compatible, so OpenSlide also shows label and macro."""
+    icc: str = "strip"
+    """strip: no ICC profile in the TIFF; keep: embed the source profile."""
+    no_label: bool = False
+    """Drop the label image, which often shows patient identity."""
+    settle_seconds: float = 5.0
+    """A file counts only after its size and mtime were stable this long, so half-copied drops are left alone."""
+    naming: str = "series-uid"
+    """Output file naming: "series-uid" (<SeriesInstanceUID>.tiff) or "drop-name" (name of the dropped file/top folder under the inbox)."""
+    log_format: str = "text"
+    """"text" for people reading a terminal, "json" for log collectors."""
+
+    def conversion_options(self, threads: int | None = None) -> ConversionOptions:
+        """The engine options for one conversion.
+
+        threads defaults to max(1, cpu_count // max_concurrent) so that
+        max_concurrent parallel conversions together use about all cores
+        without oversubscribing them.
+        """
+        if threads is None:
+            threads = max(1, (os.cpu_count() or 2) // max(1, self.max_concurrent))
+        return ConversionOptions(
+            mode=self.mode,
+            quality=self.quality,
+            tile_size=self.tile_size,
+            layout=self.layout,
+            icc=self.icc,
+            include_label=not self.no_label,
+            threads=threads,
+        )

@@ -176,6 +176,7 @@ def convert_series(instances: list[WsiInstance], output: str | Path, options: Co
     output = Path(output)
     first = instances[0]
     report = ConversionReport(series_uid=first.series_uid, study_uid=first.study_uid, options=asdict(options))
+    report.source["input_sop_instance_uids"] = sorted({i.sop_instance_uid for i in instances})
     t0 = time.monotonic()
     work = output.parent / f".{output.name}.{os.getpid()}.work"
     tmp = output.parent / f".{output.name}.{os.getpid()}.tmp"
@@ -210,7 +211,7 @@ def _convert(
     t = time.monotonic()
     series = build_series(instances)
     report.notes.extend(series.notes)
-    report.source = {
+    report.source |= {
         "instances": [{"file": i.name, "sop_instance_uid": i.sop_instance_uid, "flavor": i.flavor} for i in series.instances],
         "levels": [
             {"width": lv.width, "height": lv.height, "tile": [lv.tile_width, lv.tile_height], "transfer_syntax": ts_name(lv.transfer_syntax)}
@@ -238,25 +239,9 @@ def _convert(
                 r.close()
 
 
-def _attempt_convert(series, readers, blockers, output, options, report, work, tmp, pool, t) -> None:
-    facts, infos = [], []
-    for i, lv in enumerate(series.levels):
-        f, info = _copy_facts(lv, readers[i])
-        if i in blockers:
-            f = SourceLevelFacts(f.width, f.height, f.tile_width, f.tile_height, blockers[i], f.encoded_bytes)
-        facts.append(f)
-        infos.append(info)
-    plan = plan_layout(facts, options.mode, options.tile_size)
-    report.notes.extend(n for n in plan.unused if n not in report.notes)
-    report.levels = [
-        LevelReport(lv.index, lv.width, lv.height, lv.action, lv.reason, lv.source) for lv in plan.levels
-    ]
-    report.timings["plan"] = round(time.monotonic() - t, 3)
-
-    # Pixels: one streaming pass per chain that has anything to encode.
-    t = time.monotonic()
+def encode_chains(plan: LayoutPlan, readers, work: Path, options: ConversionOptions, pool, report: ConversionReport) -> dict[int, TileSpool]:
+    """One streaming pass per chain that has anything to encode; returns the spooled tiles per output level."""
     spools: dict[int, TileSpool] = {}
-    samples = 1 if series.base.samples_per_pixel == 1 else 3
     for chain in plan.chains():
         head = chain[0]
         if not any(lv.needs_pixels for lv in chain):
@@ -279,6 +264,39 @@ def _attempt_convert(series, readers, blockers, output, options, report, work, t
             if stage.raised_quality:
                 report.levels[lv.index].tiles_quality_raised = stage.raised_quality
                 report.levels[lv.index].quality = stage.max_quality
+    return spools
+
+
+def plan_series(instances: list[WsiInstance], options: ConversionOptions) -> tuple[Series, LayoutPlan]:
+    """The plan a conversion would follow, reading headers and one frame per level only (for dry runs)."""
+    series = build_series(instances)
+    readers = {i: LevelReader(lv) for i, lv in enumerate(series.levels)}
+    try:
+        facts = [_copy_facts(lv, readers[i])[0] for i, lv in enumerate(series.levels)]
+    finally:
+        for r in readers.values():
+            r.close()
+    return series, plan_layout(facts, options.mode, options.tile_size)
+
+
+def _attempt_convert(series, readers, blockers, output, options, report, work, tmp, pool, t) -> None:
+    facts, infos = [], []
+    for i, lv in enumerate(series.levels):
+        f, info = _copy_facts(lv, readers[i])
+        if i in blockers:
+            f = SourceLevelFacts(f.width, f.height, f.tile_width, f.tile_height, blockers[i], f.encoded_bytes)
+        facts.append(f)
+        infos.append(info)
+    plan = plan_layout(facts, options.mode, options.tile_size)
+    report.notes.extend(n for n in plan.unused if n not in report.notes)
+    report.levels = [
+        LevelReport(lv.index, lv.width, lv.height, lv.action, lv.reason, lv.source) for lv in plan.levels
+    ]
+    report.timings["plan"] = round(time.monotonic() - t, 3)
+
+    t = time.monotonic()
+    samples = 1 if series.base.samples_per_pixel == 1 else 3
+    spools = encode_chains(plan, readers, work, options, pool, report)
     report.timings["pixels"] = round(time.monotonic() - t, 3)
 
     # Write.
@@ -316,10 +334,21 @@ def _attempt_convert(series, readers, blockers, output, options, report, work, t
     icc = series.base.first.icc_profile if options.icc == "keep" else None
     if options.icc == "keep" and icc is None:
         report.notes.append("--icc keep: the source has no ICC profile; none embedded")
-    description = _description(series, plan)
     svs_extra = {k: v for k, v in series.base.first.metadata.items() if k in ("Manufacturer", "ObjectiveLensPower")}
     if "ObjectiveLensPower" in svs_extra:
         svs_extra["AppMag"] = svs_extra.pop("ObjectiveLensPower")
+    write_verify_publish(
+        tmp, output, plan, tiff_levels, associated, readers, fills, options, report, pool_spools=spools,
+        description=_description(series, plan), svs_extra=svs_extra, icc=icc, what=f"series {series.series_uid}",
+        t_write=t,
+    )
+
+
+def write_verify_publish(tmp: Path, output: Path, plan: LayoutPlan, tiff_levels: list[TiffLevel], associated,
+                         readers, fills: dict[int, bytes], options: ConversionOptions, report: ConversionReport, *,
+                         pool_spools: dict[int, TileSpool], description: str, svs_extra: dict[str, str],
+                         icc: bytes | None, what: str, t_write: float) -> None:
+    """Write the TIFF under a temporary name, check it against the source, then give it its final name."""
     svs_description = aperio_description(tiff_levels, options.quality, svs_extra)
     bigtiff = plan.bigtiff
     try:
@@ -334,21 +363,19 @@ def _attempt_convert(series, readers, blockers, output, options, report, work, t
     sizes = _ifd_sizes(tmp)
     for rep in report.levels:
         rep.bytes = sizes.get(pages[f"level-{rep.index}"], 0)
-    report.timings["write"] = round(time.monotonic() - t, 3)
+    report.timings["write"] = round(time.monotonic() - t_write, 3)
 
-    # Verify, then publish.
     t = time.monotonic()
-    source_readers = {i: readers[i] for i in readers}
-    report.checks = verify_tiff(tmp, pages, plan, source_readers, fills, options.verify_samples, options.max_mad)
+    report.checks = verify_tiff(tmp, pages, plan, readers, fills, options.verify_samples, options.max_mad)
     report.timings["verify"] = round(time.monotonic() - t, 3)
     failed = [c for c in report.checks if not c.passed]
     if failed:
         details = "; ".join(f"level {c.level} ({c.action}): {c.detail}" for c in failed)
         raise VerificationError(
-            f"series {series.series_uid}: the converted TIFF does not match the source ({details}); nothing was published.",
+            f"{what}: the converted TIFF does not match the source ({details}); nothing was published.",
             "Report this with the sidecar JSON; meanwhile try --mode reencode.",
         )
-    for spool in spools.values():
+    for spool in pool_spools.values():
         spool.close()
     try:
         fsync_and_rename(tmp, output)

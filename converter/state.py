@@ -1,0 +1,158 @@
+"""Durable state of the inbox pipeline in an embedded SQLite database.
+
+Every file seen in the inbox and every series has a row, so a re-run or a
+restart after a crash (kill -9 included) knows what was already published
+and what was in flight. Parsed DICOM headers are cached with the file's size
+and mtime, so a scan with nothing to do reads no DICOM file at all.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    rel TEXT PRIMARY KEY,          -- path relative to the inbox ("archive:<path>" once archived)
+    location TEXT NOT NULL,        -- where the file is now
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    kind TEXT NOT NULL,            -- dicom | passthrough | rejected
+    series_uid TEXT,
+    header BLOB,                   -- pickled WsiInstance for dicom files
+    reason TEXT,
+    state TEXT NOT NULL,           -- pending | done | quarantined
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_series ON files(series_uid);
+CREATE TABLE IF NOT EXISTS series (
+    uid TEXT PRIMARY KEY,
+    study_uid TEXT,
+    state TEXT NOT NULL,           -- pending | converting | published | failed
+    output TEXT,
+    error TEXT,
+    conversions INTEGER NOT NULL DEFAULT 0,
+    fingerprint TEXT,              -- instances the published output was made from
+    updated REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class FileRow:
+    rel: str
+    location: str
+    size: int
+    mtime_ns: int
+    kind: str
+    series_uid: str | None
+    header: Any
+    reason: str | None
+    state: str
+
+
+class StateStore:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
+        if readonly:
+            if path.exists():
+                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            else:
+                self.db = sqlite3.connect(":memory:")
+                self.db.executescript(SCHEMA)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # files
+    def files(self) -> dict[str, FileRow]:
+        rows = self.db.execute("SELECT rel, location, size, mtime_ns, kind, series_uid, header, reason, state FROM files")
+        return {r[0]: FileRow(*r) for r in rows}
+
+    def series_files(self, uid: str) -> list[FileRow]:
+        rows = self.db.execute(
+            "SELECT rel, location, size, mtime_ns, kind, series_uid, header, reason, state FROM files WHERE series_uid=?", (uid,)
+        )
+        return [FileRow(*r) for r in rows]
+
+    @staticmethod
+    def header(row: FileRow) -> Any:
+        return pickle.loads(row.header) if row.header is not None else None
+
+    def put_file(self, rel: str, location: str, size: int, mtime_ns: int, kind: str, series_uid: str | None = None,
+                 header: Any = None, reason: str | None = None, state: str = "pending") -> None:
+        if self.readonly:
+            return
+        blob = header if isinstance(header, bytes) or header is None else pickle.dumps(header)
+        self.db.execute(
+            "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (rel, location, size, mtime_ns, kind, series_uid, blob, reason, state, time.time()),
+        )
+
+    def move_file(self, rel: str, new_rel: str, location: str, state: str) -> None:
+        if self.readonly:
+            return
+        with self.db:
+            self.db.execute("DELETE FROM files WHERE rel=?", (new_rel,))
+            self.db.execute("UPDATE files SET rel=?, location=?, state=?, updated=? WHERE rel=?", (new_rel, location, state, time.time(), rel))
+
+    def set_file_state(self, rels: list[str], state: str) -> None:
+        if self.readonly or not rels:
+            return
+        with self.db:
+            self.db.executemany("UPDATE files SET state=?, updated=? WHERE rel=?", [(state, time.time(), r) for r in rels])
+
+    def forget_files(self, rels: list[str]) -> None:
+        if self.readonly or not rels:
+            return
+        self.db.executemany("DELETE FROM files WHERE rel=?", [(r,) for r in rels])
+
+    # series
+    def series(self, uid: str) -> dict[str, Any] | None:
+        cur = self.db.execute("SELECT uid, study_uid, state, output, error, conversions, fingerprint FROM series WHERE uid=?", (uid,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        return dict(zip(("uid", "study_uid", "state", "output", "error", "conversions", "fingerprint"), row))
+
+    def all_series(self) -> Iterator[dict[str, Any]]:
+        cur = self.db.execute("SELECT uid, study_uid, state, output, error, conversions, fingerprint FROM series")
+        for row in cur.fetchall():
+            yield dict(zip(("uid", "study_uid", "state", "output", "error", "conversions", "fingerprint"), row))
+
+    def set_series(self, uid: str, **values: Any) -> None:
+        if self.readonly:
+            return
+        current = self.series(uid)
+        if current is None:
+            self.db.execute(
+                "INSERT INTO series (uid, study_uid, state, output, error, conversions, fingerprint, updated) VALUES (?,?,?,?,?,?,?,?)",
+                (uid, values.get("study_uid"), values.get("state", "pending"), values.get("output"), values.get("error"),
+                 values.get("conversions", 0), values.get("fingerprint"), time.time()),
+            )
+            return
+        current.update(values)
+        self.db.execute(
+            "UPDATE series SET study_uid=?, state=?, output=?, error=?, conversions=?, fingerprint=?, updated=? WHERE uid=?",
+            (current["study_uid"], current["state"], current["output"], current["error"], current["conversions"],
+             current["fingerprint"], time.time(), uid),
+        )
+
+    def reset_in_flight(self) -> list[str]:
+        """Series left 'converting' by a crash go back to 'pending'."""
+        cur = self.db.execute("SELECT uid FROM series WHERE state='converting'")
+        uids = [r[0] for r in cur.fetchall()]
+        if uids and not self.readonly:
+            self.db.execute("UPDATE series SET state='pending' WHERE state='converting'")
+        return uids
