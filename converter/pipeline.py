@@ -192,8 +192,6 @@ class InboxPipeline:
             if row is None or (row.size, row.mtime_ns) != (e.size, e.mtime_ns):
                 row = self._classify(e)
                 self.store.put_file(row.rel, row.location, row.size, row.mtime_ns, row.kind, row.series_uid, row.header, row.reason)
-            else:
-                row.header = StateStore.header(row) if row.kind == "dicom" else None
             rows.append(row)
         return rows, unsettled
 
@@ -252,11 +250,19 @@ class InboxPipeline:
             target = serving / f"{base}-{hashlib.sha1(uid.encode()).hexdigest()[:8]}.tiff"
         return target
 
+    def _instances(self, uid: str, rels: set[str]) -> tuple[list[WsiInstance], list[WsiInstance]]:
+        """Cached headers of the series: (the given inbox files, the archived ones), with current paths."""
+        inbox, archived = [], []
+        for r in self.store.series_files(uid):
+            if r.rel in rels:
+                inbox.append(replace(StateStore.header(r), path=r.location))
+            elif r.state == "archived":
+                archived.append(replace(StateStore.header(r), path=r.location))
+        return inbox, archived
+
     def _handle_series(self, uid: str, members: list[FileRow]) -> bool:
-        inbox_instances = [replace(r.header, path=r.location) for r in members]
         state = self.store.series(uid)
-        archived = [r for r in self.store.series_files(uid) if r.state == "archived"]
-        archived_instances = [replace(StateStore.header(r), path=r.location) for r in archived]
+        inbox_instances, archived_instances = self._instances(uid, {r.rel for r in members})
         if state and state["state"] == "published":
             published = set(json.loads(state["fingerprint"] or "[]"))
             if {i.sop_instance_uid for i in inbox_instances} <= published:
@@ -321,8 +327,7 @@ class InboxPipeline:
         if job.kind == "series":
             report = result if isinstance(result, ConversionReport) else None
             if report is not None and report.ok:
-                instances = [replace(StateStore.header(r), path=r.location) for r in rows]
-                archived = [replace(StateStore.header(r), path=r.location) for r in self.store.series_files(job.key) if r.state == "archived"]
+                instances, archived = self._instances(job.key, {r.rel for r in rows})
                 fingerprint = self._fingerprint(_unique_by_sop(instances + archived))
                 current = self.store.series(job.key) or {}
                 self.store.set_series(job.key, state="published", output=report.output, error=None,
@@ -413,7 +418,10 @@ class InboxPipeline:
                 by_series[row.series_uid].append(row)
         for uid, members in by_series.items():
             size = sum(r.size for r in members) / 1e6
-            instances = [replace(r.header, path=r.location) for r in members]
+            instances, _ = self._instances(uid, {r.rel for r in members})
+            fresh = {r.rel: r.header for r in members if r.header is not None and not isinstance(r.header, bytes)}
+            if fresh:
+                instances = [replace(h, path=r.location) for r in members if (h := fresh.get(r.rel)) is not None] + instances
             state = self.store.series(uid)
             if state and state["state"] == "published" and {i.sop_instance_uid for i in instances} <= set(json.loads(state["fingerprint"] or "[]")):
                 emit(f"archive    series {uid} ({len(members)} files, {size:.1f} MB): already published as {state['output']}")

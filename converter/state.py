@@ -77,7 +77,8 @@ class StateStore:
 
     # files
     def files(self) -> dict[str, FileRow]:
-        rows = self.db.execute("SELECT rel, location, size, mtime_ns, kind, series_uid, header, reason, state FROM files")
+        """Every row, without the cached headers (a scan compares sizes and mtimes only)."""
+        rows = self.db.execute("SELECT rel, location, size, mtime_ns, kind, series_uid, NULL, reason, state FROM files")
         return {r[0]: FileRow(*r) for r in rows}
 
     def series_files(self, uid: str) -> list[FileRow]:

@@ -25,9 +25,19 @@ def open_large_image(path: Path):
     """large_image's TIFF source itself, not a fallback source: it raises if the file is not a tiled pyramid it accepts."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        import large_image
         import large_image_source_tiff
 
-        return large_image_source_tiff.open(str(path))
+        # large_image otherwise hands back the source it opened earlier for the same path,
+        # even after the file was atomically replaced.
+        large_image.cache_util.cachesClear()
+        from large_image.cache_util.cache import LruCacheMetaclass
+
+        for cache, lock in LruCacheMetaclass.classCaches.values():
+            with lock:
+                cache.clear()
+        large_image_source_tiff._cached_read_tiff.cache_clear()  # tifftools' parse, cached by path
+        return large_image_source_tiff.TiffFileTileSource(str(path))
 
 
 def large_image_region(source, x: int, y: int, w: int, h: int) -> np.ndarray:
