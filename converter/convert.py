@@ -171,12 +171,17 @@ def _thumbnail_from(levels: list[TiffLevel]) -> np.ndarray:
     return image
 
 
-def convert_series(instances: list[WsiInstance], output: str | Path, options: ConversionOptions) -> ConversionReport:
-    """Convert one series to `output`; returns the report, never raises for bad input."""
+def convert_series(instances: list[WsiInstance], output: str | Path, options: ConversionOptions,
+                   notes: list[str] | None = None) -> ConversionReport:
+    """Convert one series to `output`; returns the report, never raises for bad input.
+
+    `notes` (e.g. why the slide looked incomplete) go into the report first.
+    """
     output = Path(output)
     first = instances[0]
     report = ConversionReport(series_uid=first.series_uid, study_uid=first.study_uid, options=asdict(options))
     report.source["input_sop_instance_uids"] = sorted({i.sop_instance_uid for i in instances})
+    report.notes.extend(notes or [])
     t0 = time.monotonic()
     work = output.parent / f".{output.name}.{os.getpid()}.work"
     tmp = output.parent / f".{output.name}.{os.getpid()}.tmp"

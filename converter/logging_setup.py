@@ -35,3 +35,4 @@ def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips chatter at INFO
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per PDU otherwise; we log our own

@@ -27,7 +27,7 @@ from collections import defaultdict
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from config.settings import BatchSettings, ConversionOptions
 from converter.convert import convert_series, plan_series, sidecar_path
@@ -39,6 +39,9 @@ from converter.plain_tiff import convert_plain_tiff
 from converter.publish import atomic_write_text, durable_move
 from converter.report import ConversionReport
 from converter.state import FileRow, StateStore
+
+if TYPE_CHECKING:
+    from converter.tracker import Tracker
 
 log = logging.getLogger("wsi_node.batch")
 
@@ -102,6 +105,8 @@ class Job:
     rels: list[str]
     target: Path
     future: Future
+    covered: float = 0.0
+    """Arrival time up to which the tracker's instances are in this conversion."""
     started: float = field(default_factory=time.monotonic)
 
 
@@ -132,9 +137,13 @@ def _strip_suffix(name: str) -> str:
 
 
 class InboxPipeline:
-    def __init__(self, settings: BatchSettings, executor: Executor | None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: BatchSettings, executor: Executor | None, clock: Callable[[], float] = time.time,
+                 tracker: "Tracker | None" = None) -> None:
         self.s = settings
         self.executor = executor
+        self.tracker = tracker
+        self.on_job_done: Callable[[], None] | None = None
+        """Called (from a worker-result thread) when a job finishes, so an event loop can wake up."""
         self.clock = clock
         self.options = settings.conversion_options()
         readonly = settings.dry_run
@@ -185,11 +194,15 @@ class InboxPipeline:
         for e in walk_inbox(Path(self.s.inbox)):
             if e.rel in busy:
                 continue
-            if now_ns - e.mtime_ns < settle_ns:
+            row = known.get(e.rel)
+            same = row is not None and (row.size, row.mtime_ns) == (e.size, e.mtime_ns)
+            received = same and row.kind == "dicom" and self.tracker is not None and self.tracker.tracks(row.series_uid)
+            if now_ns - e.mtime_ns < settle_ns and not received:
+                # Received instances are written atomically and their series' readiness is the
+                # tracker's to decide; everything else waits until it has settled.
                 unsettled.add(e.unit)
                 continue
-            row = known.get(e.rel)
-            if row is None or (row.size, row.mtime_ns) != (e.size, e.mtime_ns):
+            if not same:
                 row = self._classify(e)
                 self.store.put_file(row.rel, row.location, row.size, row.mtime_ns, row.kind, row.series_uid, row.header, row.reason)
             rows.append(row)
@@ -223,11 +236,29 @@ class InboxPipeline:
             if row.kind == "dicom":
                 units_of[row.series_uid].add(row.rel.split("/", 1)[0])
         for uid, members in by_series.items():
-            if units_of[uid] & unsettled or uid in self.jobs:
+            if uid in self.jobs:
                 continue
-            if self._handle_series(uid, members):
+            notes: list[str] = []
+            if self.tracker is not None and self.tracker.tracks(uid):
+                decision = self.tracker.decision(uid, self.clock())
+                if decision.action == "wait":
+                    continue
+                if decision.action == "convert-incomplete":
+                    notes = [f"the slide looked incomplete when the quiet period ended: {r}" for r in decision.reasons]
+                    log.warning("series %s: no new instance for %g s; converting what arrived. Incomplete: %s",
+                                uid, self.tracker.quiet, "; ".join(decision.reasons))
+            elif units_of[uid] & unsettled:
+                continue
+            if self._handle_series(uid, members, notes):
                 summary.submitted += 1
         return summary
+
+    def register_received(self, instance: WsiInstance) -> None:
+        """A receiver stored this instance in the inbox: record it as classified, so scans need not read it again."""
+        path = Path(instance.path)
+        st = path.stat()
+        rel = path.relative_to(Path(self.s.inbox)).as_posix()
+        self.store.put_file(rel, str(path), st.st_size, st.st_mtime_ns, "dicom", instance.series_uid, instance)
 
     def _fingerprint(self, instances: list[WsiInstance]) -> list[str]:
         return sorted(i.sop_instance_uid for i in instances)
@@ -260,7 +291,7 @@ class InboxPipeline:
                 archived.append(replace(StateStore.header(r), path=r.location))
         return inbox, archived
 
-    def _handle_series(self, uid: str, members: list[FileRow]) -> bool:
+    def _handle_series(self, uid: str, members: list[FileRow], notes: list[str] | None = None) -> bool:
         state = self.store.series(uid)
         inbox_instances, archived_instances = self._instances(uid, {r.rel for r in members})
         if state and state["state"] == "published":
@@ -280,8 +311,10 @@ class InboxPipeline:
             return False
         self.store.set_series(uid, study_uid=instances[0].study_uid, state="converting", output=str(target), error=None)
         log.info("series %s: converting %d instance(s) to %s", uid, len(instances), target)
-        future = self.executor.submit(convert_series, instances, target, self.options)
-        self.jobs[uid] = Job("series", uid, [r.rel for r in members], target, future)
+        covered = self.tracker.started(uid) if self.tracker is not None and self.tracker.tracks(uid) else 0.0
+        future = self.executor.submit(convert_series, instances, target, self.options, notes or [])
+        self.jobs[uid] = Job("series", uid, [r.rel for r in members], target, future, covered=covered)
+        self._notify_when_done(future)
         return True
 
     def _submit_passthrough(self, row: FileRow) -> bool:
@@ -292,7 +325,13 @@ class InboxPipeline:
         log.info("%s: checking and passing through to %s", row.rel, target)
         future = self.executor.submit(process_passthrough, row.location, str(target), self.options)
         self.jobs[key] = Job("passthrough", key, [row.rel], target, future)
+        self._notify_when_done(future)
         return True
+
+    def _notify_when_done(self, future: Future) -> None:
+        if self.on_job_done is not None:
+            callback = self.on_job_done
+            future.add_done_callback(lambda _f: callback())
 
     # --- results --------------------------------------------------------------------------------
     def collect(self, wait: bool = False, timeout: float | None = None) -> int:
@@ -326,6 +365,8 @@ class InboxPipeline:
             result = exc
         if job.kind == "series":
             report = result if isinstance(result, ConversionReport) else None
+            if self.tracker is not None and self.tracker.tracks(job.key):
+                self.tracker.finished(job.key, job.covered, bool(report is not None and report.ok))
             if report is not None and report.ok:
                 instances, archived = self._instances(job.key, {r.rel for r in rows})
                 fingerprint = self._fingerprint(_unique_by_sop(instances + archived))

@@ -1,0 +1,135 @@
+"""`wsi-node serve`: receivers, tracker, inbox pipeline and workers in one process.
+
+Threads: pynetdicom serves associations in its own threads and only stores
+instances; every store and association event is queued to the main loop,
+which alone updates the tracker and the state database, runs inbox passes
+and collects finished conversions. The loop sleeps until an event, a
+finished job, the tracker's next deadline (settle or quiet period) or the
+scan interval, so a complete slide is published about `settle` seconds after
+its last instance, not at the next scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from config.settings import BatchSettings
+from converter.executor import make_executor
+from converter.pipeline import InboxPipeline
+from converter.tracker import Tracker
+from scp.dimse import DimseReceiver, DimseSettings
+from scp.storage import InstanceStore, StoreResult
+
+log = logging.getLogger("wsi_node.node")
+
+
+@dataclass
+class NodeSettings:
+    pipeline: BatchSettings
+    dimse: DimseSettings
+    disk_reserve_mb: int = 1024
+    settle: float = 2.0
+    quiet: float = 60.0
+
+
+class Node:
+    def __init__(self, settings: NodeSettings) -> None:
+        self.s = settings
+        p = settings.pipeline
+        self.events: queue.Queue = queue.Queue()
+        self.wake = threading.Event()
+        self.stop_event = threading.Event()
+        self.store = InstanceStore(Path(p.inbox), Path(p.archive), Path(p.quarantine),
+                                   reserve_bytes=settings.disk_reserve_mb << 20, keep_other=settings.dimse.accept_other_storage)
+        self.tracker = Tracker(Path(p.state_dir) / "wsi-node.sqlite", settings.settle, settings.quiet)
+        self.executor = make_executor(p.max_concurrent, start_method="forkserver")
+        self.pipeline = InboxPipeline(p, self.executor, tracker=self.tracker)
+        self.pipeline.on_job_done = self.wake.set
+        self.dimse = DimseReceiver(settings.dimse, self.store, self._stored, self._closed)
+
+    # receiver threads
+    def _stored(self, result: StoreResult, association: str) -> None:
+        self.events.put(("stored", result, association, time.time()))
+        self.wake.set()
+
+    def _closed(self, association: str) -> None:
+        self.events.put(("closed", association))
+        self.wake.set()
+
+    # main loop
+    def _drain(self) -> None:
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if event[0] == "stored":
+                _, result, association, when = event
+                if result.instance is not None:
+                    sender = association.split("@", 1)[0]
+                    self.tracker.on_instance(result.instance, association, sender, when)
+                    self.pipeline.register_received(result.instance)
+            elif event[0] == "closed":
+                self.tracker.on_association_closed(event[1])
+
+    def start(self) -> None:
+        removed = self.store.clean_incoming()
+        if removed:
+            log.info("removed %d partial transfer(s) left by the last run", removed)
+        self.pipeline.recover()
+        self.dimse.start()
+        d = self.s.dimse
+        tls = " (TLS)" if d.tls_cert else ""
+        log.info("wsi-node ready: DICOM AE %s listening on %s:%d%s; inbox %s; serving %s",
+                 d.ae_title, d.bind, self.dimse.port, tls, self.s.pipeline.inbox, self.s.pipeline.serving)
+
+    def run(self) -> int:
+        interval = self.s.pipeline.watch_interval
+        next_scan = last_pass = 0.0
+        while not self.stop_event.is_set():
+            self.wake.clear()
+            self._drain()
+            now = time.time()
+            due = any(self.tracker.decision(uid, now).action != "wait"
+                      for uid in self.tracker.series if uid not in self.pipeline.jobs)
+            # A due series triggers a pass at once, but at most twice a second (a series that
+            # stays due, e.g. its files were removed by hand, must not spin the loop).
+            if now >= next_scan or (due and now - last_pass >= 0.5):
+                self.pipeline.run_pass()
+                last_pass, next_scan = now, now + interval
+            self.pipeline.collect(wait=False)
+            deadline = next_scan
+            wakeup = self.tracker.next_wakeup(now)
+            if wakeup is not None:
+                deadline = min(deadline, max(wakeup + 0.05, last_pass + 0.5))
+            self.wake.wait(max(0.05, deadline - time.time()))
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        log.info("stopping: no new associations; finishing the conversions in progress")
+        self.dimse.stop()
+        self._drain()
+        self.pipeline.collect(wait=True)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.pipeline.store.close()
+        self.tracker.close()
+        log.info("stopped cleanly")
+        return 0
+
+    def request_stop(self, *_args: object) -> None:
+        self.stop_event.set()
+        self.wake.set()
+
+
+def serve(settings: NodeSettings) -> int:
+    node = Node(settings)
+    signal.signal(signal.SIGTERM, node.request_stop)
+    signal.signal(signal.SIGINT, node.request_stop)
+    node.start()
+    return node.run()
