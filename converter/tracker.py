@@ -54,7 +54,7 @@ class Tracker:
         self.settle = settle
         self.quiet = quiet
         db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(db_path, isolation_level=None, timeout=30)
+        self.db = sqlite3.connect(db_path, isolation_level=None, timeout=30, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
         self.series: dict[str, Tracked] = {}

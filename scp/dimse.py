@@ -9,6 +9,7 @@ durable write. The success status is sent only after that write.
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 import tempfile
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.sop_class import Verification
 
 from scp.storage import InstanceStore, StoreResult
@@ -100,10 +101,12 @@ class DimseReceiver:
         self.on_stored = on_stored
         self.on_closed = on_closed
         self.server = None
-        # Chunked receive writes to tempfile's folder: put it on the inbox's filesystem, hidden from the scanner,
-        # so the final placement is an atomic rename.
+        # Chunked receive writes each dataset to a NamedTemporaryFile. Put those on the inbox's
+        # filesystem, in a folder the scanner ignores, so the final placement is an atomic rename.
+        # (pynetdicom has no setting for the folder; we give its module a NamedTemporaryFile bound
+        # to ours rather than changing tempfile.tempdir for the whole process.)
         _config.STORE_RECV_CHUNKED_DATASET = True
-        tempfile.tempdir = str(store.incoming)
+        dimse_messages.NamedTemporaryFile = functools.partial(tempfile.NamedTemporaryFile, dir=str(store.incoming))
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.s.ae_title)
