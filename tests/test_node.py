@@ -321,3 +321,95 @@ def test_dicom_tls_with_dcmtk_and_pynetdicom(tmp_path):
         assert not plain.associate("127.0.0.1", n.port, ae_title="WSINODE").is_established
     finally:
         n.stop()
+
+
+def test_invalid_uids_get_a_failure_status_with_comment(node, tmp_path):
+    files = write_series(SlideSpec(width=800, height=600, seed=181), tmp_path / "src")
+    ds = pydicom.dcmread(files[0])
+    ds.StudyInstanceUID = "1.2.03.x"  # not a UID: must never become a folder name
+    bad = tmp_path / "bad.dcm"
+    ds.save_as(bad)
+    ae = AE(ae_title="BADUIDS")
+    ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(WSI_STORAGE, JPEG_BASELINE)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="WSINODE")
+    status = assoc.send_c_store(bad)
+    assoc.release()
+    assert status.Status == 0xC000
+    assert "StudyInstanceUID" in status.ErrorComment
+    assert not [p for p in (node.data / "inbox").rglob("*.dcm") if ".incoming" not in p.parts]
+
+
+def test_resend_with_different_content_replaces_and_keeps_the_old_copy(tmp_path):
+    n = RunningNode(tmp_path)
+    n.node.tracker.quiet = 300  # keep the series waiting: only the storage rule is under test
+    try:
+        spec = SlideSpec(width=1500, height=1100, seed=191)
+        files = write_series(spec, tmp_path / "src")
+        level0 = files[0]
+        assert pynetdicom_send(n.port, [level0]) == [0]
+        ds = pydicom.dcmread(level0)
+        ds.SeriesDescription = "re-sent with a correction"
+        changed = tmp_path / "changed.dcm"
+        ds.save_as(changed)
+        assert pynetdicom_send(n.port, [changed]) == [0]
+        study, uid = series_uids(spec)
+        stored = n.data / "inbox" / study / uid / f"{ds.SOPInstanceUID}.dcm"
+        assert pydicom.dcmread(stored, stop_before_pixels=True).SeriesDescription == "re-sent with a correction"
+        kept = list((n.data / "archive" / "replaced" / study / uid).glob(f"{ds.SOPInstanceUID}.*.dcm"))
+        assert len(kept) == 1
+        old = pydicom.dcmread(kept[0])
+        assert old.get("SeriesDescription") != "re-sent with a correction"
+        assert old.PixelData == pydicom.dcmread(level0).PixelData
+    finally:
+        n.stop()
+
+
+def test_incomplete_slide_converts_after_the_quiet_period_and_says_why(tmp_path):
+    import json
+
+    n = RunningNode(tmp_path)
+    n.node.tracker.quiet = 2.0
+    try:
+        spec = SlideSpec(width=1200, height=900, seed=201, concatenation_parts=3)
+        files = write_series(spec, tmp_path / "src")
+        part2 = next(f for f in files if "part-2" in f.name)
+        sent = [f for f in files if f != part2]
+        assert all(s == 0 for s in pynetdicom_send(n.port, sent))
+        out = n.output(series_uids(spec)[1], timeout=30)
+        notes = " ".join(json.loads(out.with_suffix(".json").read_text())["notes"])
+        assert "incomplete" in notes and "part 2 of 3 missing" in notes
+    finally:
+        n.stop()
+
+
+def test_wsi_node_serve_command_ready_line_and_sigterm(tmp_path):
+    import signal as sig
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "scp.cli", "serve", "--bind", "127.0.0.1", "--port", str(port),
+                             "--data", str(tmp_path / "data")], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "wsi-node ready" in line:
+                break
+            assert line or proc.poll() is None, "".join(lines)
+        assert f"listening on 127.0.0.1:{port}" in lines[-1]
+        assert sum("wsi-node ready" in ln for ln in lines) == 1
+        for sub in ("inbox", "serving", "archive", "quarantine", "state"):
+            assert (tmp_path / "data" / sub).is_dir()
+        ae = AE()
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port, ae_title="WSINODE")
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+    finally:
+        proc.send_signal(sig.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "stopped cleanly" in out
