@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from concurrent.futures import Future, as_completed
 from pathlib import Path
 
 from config.errors import ConfigError
-from config.settings import ICC_POLICIES, LAYOUTS, MODES, ConversionOptions
+from config.settings import ICC_POLICIES, LAYOUTS, MODES, BatchSettings, ConversionOptions
 from converter.convert import convert_series
 from converter.discover import discover, safe_name
 from converter.executor import make_executor
@@ -31,16 +30,10 @@ def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace, max_concurrent: int = 1) -> ConversionOptions:
-    threads = max(1, (os.cpu_count() or 2) // max(1, max_concurrent))
-    return ConversionOptions(
-        mode=args.mode,
-        quality=args.quality,
-        tile_size=args.tile_size,
-        layout=args.layout,
-        icc=args.icc,
-        include_label=not args.no_label,
-        threads=threads,
-    )
+    """The same mapping (and thread split) as the batch converter's settings."""
+    settings = BatchSettings(mode=args.mode, quality=args.quality, tile_size=args.tile_size, layout=args.layout,
+                             icc=args.icc, no_label=args.no_label, max_concurrent=max(1, max_concurrent))
+    return settings.conversion_options()
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
