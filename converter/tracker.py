@@ -60,6 +60,15 @@ class Tracker:
         self.series: dict[str, Tracked] = {}
         for uid, study, facts, senders, first, last, converted, status in self.db.execute("SELECT * FROM tracked_series"):
             self.series[uid] = Tracked(uid, study, pickle.loads(facts), set(json.loads(senders)), first, last, converted, status)
+        self.prune()
+
+    def prune(self, now: float | None = None, keep: float = 86400.0) -> None:
+        """Forget (in memory) series finished more than `keep` seconds ago, so a node running for months
+        does not re-assess every slide it ever received; their rows stay in the database."""
+        now = time.time() if now is None else now
+        for uid in [u for u, t in self.series.items()
+                    if t.status in ("published", "failed") and not t.open_associations and now - t.last_arrival > keep]:
+            del self.series[uid]
 
     def close(self) -> None:
         self.db.close()
@@ -75,7 +84,8 @@ class Tracker:
         when = time.time() if when is None else when
         t = self.series.get(instance.series_uid)
         if t is None:
-            t = self.series[instance.series_uid] = Tracked(instance.series_uid, instance.study_uid, first_arrival=when)
+            t = self._load(instance.series_uid) or Tracked(instance.series_uid, instance.study_uid, first_arrival=when)
+            self.series[instance.series_uid] = t
         t.facts[instance.sop_instance_uid] = InstanceFacts.from_instance(instance)
         t.senders.add(sender)
         t.last_arrival = max(t.last_arrival, when)
@@ -85,6 +95,13 @@ class Tracker:
             t.status = "receiving"
         self._save(t)
         return t
+
+    def _load(self, uid: str) -> Tracked | None:
+        row = self.db.execute("SELECT * FROM tracked_series WHERE uid=?", (uid,)).fetchone()
+        if row is None:
+            return None
+        _, study, facts, senders, first, last, converted, status = row
+        return Tracked(uid, study, pickle.loads(facts), set(json.loads(senders)), first, last, converted, status)
 
     def on_association_closed(self, association: str) -> None:
         for t in self.series.values():

@@ -92,6 +92,7 @@ class Node:
     def run(self) -> int:
         interval = self.s.pipeline.watch_interval
         next_scan = last_pass = 0.0
+        next_prune = time.time() + 3600
         while not self.stop_event.is_set():
             self.wake.clear()
             self._drain()
@@ -104,6 +105,9 @@ class Node:
                 self.pipeline.run_pass()
                 last_pass, next_scan = now, now + interval
             self.pipeline.collect(wait=False)
+            if now >= next_prune:
+                self.tracker.prune(now)
+                next_prune = now + 3600
             deadline = next_scan
             wakeup = self.tracker.next_wakeup(now)
             if wakeup is not None:
