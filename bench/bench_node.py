@@ -2,7 +2,7 @@
 
 Usage:
     python bench/bench_node.py [--reps 3] [--series 24000x18000] [--large 20000x18000] [--work bench/out]
-                               [--keep-large] [--large-wait publish|receive]
+                               [--warm 8000x6000] [--keep-large] [--large-wait receive|publish]
 
 Two inputs, both from converter/synthetic.py:
 1. "series": the JPEG Baseline series of bench_convert.py (24000x18000, q90, 256 px tiles, full
@@ -10,13 +10,20 @@ Two inputs, both from converter/synthetic.py:
 2. "large": one native RGB instance (Explicit VR Little Endian, level 0 only, 20000x18000 =
    1.10 GB of pixel data), generated into --work and removed at the end unless --keep-large.
 
-For each repetition every input is pushed once to each SCP, interleaved (the SCP that goes
-first alternates between repetitions) so that machine noise hits both alike. Each push is
+For each repetition every input is pushed once to each SCP, interleaved (which SCP goes first
+rotates between repetitions) so that machine noise hits both alike. Each push is
 `/usr/bin/storescu -R -xy +sd +sp '*.dcm' -aet BENCH -aec <AE> 127.0.0.1 <port> <folder>` (one
 association) to a freshly started SCP with a fresh, empty data folder:
 - `wsi-node serve --bind 127.0.0.1 --port P --data <tmp> --quiet-period 60 --settle 2` (started
-  from this interpreter's bin folder; "ready" = its "wsi-node ready" log line), and
-- `/usr/bin/storescp +xa -od <tmp> P` ("ready" = its port is listening in /proc/net/tcp).
+  from this interpreter's bin folder; "ready" = its "wsi-node ready" log line; its DICOMweb
+  receiver, where present, stays on but listens on 127.0.0.1 and a free port),
+- `/usr/bin/storescp +xa -od <tmp> P` ("ready" = its port is listening in /proc/net/tcp), the
+  reference of the throughput target, and
+- `/usr/bin/storescp +xa +B -pdu 131072 -od <tmp> P` for comparison: bit-preserving mode streams
+  each dataset to disk as it arrives (the default mode builds it in memory first), and a 128 KiB
+  maximum PDU is what storescu uses towards wsi-node (which advertises no limit; storescp's
+  default is 16 KiB).
+Neither storescp fsyncs; wsi-node fsyncs every instance before its success response.
 Measured:
 - throughput: bytes of the pushed .dcm files / wall time of storescu (MB = 10^6 bytes);
 - peak RSS: VmRSS of the SCP process (and, separately, the sum over the SCP process and all its
@@ -24,8 +31,14 @@ Measured:
   main process's VmHWM read just before it is stopped;
 - wsi-node only: publish latency = time from storescu's exit (the last C-STORE response) until
   <SeriesInstanceUID>.tiff and .json are both in <data>/serving (polled every 20 ms), and the
-  conversion time `timings.total` from that JSON. With --large-wait receive the large instance's
-  conversion is not waited for (the node is stopped once the receive is done).
+  conversion time `timings.total` from that JSON. With --large-wait receive (the default) the large
+  instance's conversion is not waited for (the node is stopped once the receive is done): a lone
+  level 0 does not reach a small pyramid level, so the node rightly treats the slide as possibly
+  incomplete and waits its quiet period (60 s) before converting it. After the timed series, the
+  --warm series (8000x6000, bench_convert.py's other input) is pushed to the same node and its
+  publish latency measured too: the first conversion of a freshly started node also pays for
+  starting its worker process.
+The large input is removed at the end unless --keep-large; received data is always removed.
 The page cache is flushed (`sync`) before every push; storescu reads its input from the page cache.
 Prints a Markdown table of medians and the ratios, and writes every run to
 --work/results-node.json. Needs DCMTK (/usr/bin/storescu, /usr/bin/storescp).
@@ -58,6 +71,7 @@ STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
 NODE_AE = "WSINODE"
 POLL = 0.02
+STORESCP_VARIANTS = {"storescp": [], "storescp +B -pdu 131072": ["+B", "-pdu", "131072"]}
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -194,15 +208,27 @@ def push(src: Path, port: int, called_ae: str) -> float:
     return wall
 
 
-def run_node(src: Path, uid: str, nbytes: int, n_files: int, wait_publish: bool, timeout: float) -> dict:
+def wait_published(data: Path, uid: str, since: float, timeout: float, proc: subprocess.Popen, log: Path) -> tuple[float, float]:
+    """Seconds from `since` until <uid>.tiff and .json are in serving, and the report's conversion time."""
+    tiff, report = data / "serving" / f"{uid}.tiff", data / "serving" / f"{uid}.json"
+    wait_for(lambda: tiff.exists() and report.exists(), timeout, "wsi-node publish", proc, log)
+    latency = time.monotonic() - since
+    return latency, json.loads(report.read_text())["timings"]["total"]
+
+
+def run_node(src: Path, uid: str, nbytes: int, n_files: int, wait_publish: bool, timeout: float,
+             warm: tuple[Path, str] | None = None) -> dict:
     wsi = str(Path(sys.executable).parent / "wsi-node")
     data = Path(tempfile.mkdtemp(prefix="bench-node-"))
     log = data.parent / f"{data.name}.log"
     port = free_port()
     cmd = [wsi, "serve", "--bind", "127.0.0.1", "--port", str(port), "--data", str(data), "--quiet-period", "60", "--settle", "2"]
     try:
+        # Versions with the DICOMweb STOW-RS receiver listen on HTTP too (default 0.0.0.0:8080): keep it
+        # on, as deployed, but on 127.0.0.1 and a free port (older versions ignore these variables).
+        env = dict(os.environ, WSI_NODE_HTTP_BIND="127.0.0.1", WSI_NODE_HTTP_PORT=str(free_port()))
         with open(log, "w") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
         poller = RssPoller(proc.pid)
         try:
             wait_for(lambda: "wsi-node ready" in log.read_text(), 60, "wsi-node start", proc, log)
@@ -213,12 +239,12 @@ def run_node(src: Path, uid: str, nbytes: int, n_files: int, wait_publish: bool,
             stored = list((data / "inbox").rglob("*.dcm"))
             if len(stored) != n_files:
                 raise RuntimeError(f"wsi-node stored {len(stored)} of {n_files} files: {log.read_text()[-2000:]}")
-            publish = conversion = None
+            publish = conversion = warm_publish = warm_conversion = None
             if wait_publish:
-                tiff, report = data / "serving" / f"{uid}.tiff", data / "serving" / f"{uid}.json"
-                wait_for(lambda: tiff.exists() and report.exists(), timeout, "wsi-node publish", proc, log)
-                publish = time.monotonic() - done
-                conversion = json.loads(report.read_text())["timings"]["total"]
+                publish, conversion = wait_published(data, uid, done, timeout, proc, log)
+                if warm is not None:  # a second slide to the same node: its worker process is running by now
+                    push(warm[0], port, NODE_AE)
+                    warm_publish, warm_conversion = wait_published(data, warm[1], time.monotonic(), timeout, proc, log)
             hwm = status_kb(proc.pid, "VmHWM")
         finally:
             poller.halt.set()
@@ -226,19 +252,20 @@ def run_node(src: Path, uid: str, nbytes: int, n_files: int, wait_publish: bool,
         if poller.is_alive():
             poller.join()
         return {"wall": wall, "mbps": nbytes / 1e6 / wall, "rss_main": poller.main_kb / 1024, "rss_tree": poller.tree_kb / 1024,
-                "hwm_main": hwm / 1024, "publish": publish, "conversion": conversion}
+                "hwm_main": hwm / 1024, "publish": publish, "conversion": conversion,
+                "warm_publish": warm_publish, "warm_conversion": warm_conversion}
     finally:
         shutil.rmtree(data, ignore_errors=True)
         log.unlink(missing_ok=True)
 
 
-def run_storescp(src: Path, nbytes: int, n_files: int) -> dict:
+def run_storescp(src: Path, nbytes: int, n_files: int, extra: list[str]) -> dict:
     out = Path(tempfile.mkdtemp(prefix="bench-storescp-"))
     log = out.parent / f"{out.name}.log"
     port = free_port()
     try:
         with open(log, "w") as err:
-            proc = subprocess.Popen([STORESCP, "+xa", "-od", str(out), str(port)], stdout=err, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen([STORESCP, "+xa", *extra, "-od", str(out), str(port)], stdout=err, stderr=subprocess.STDOUT)
         poller = RssPoller(proc.pid)
         try:
             wait_for(lambda: listening(port), 30, "storescp start", proc, log)
@@ -272,8 +299,12 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--series", default="24000x18000", help="JPEG series WxH ('' to skip)")
     ap.add_argument("--large", default="20000x18000", help="native RGB single instance WxH ('' to skip)")
-    ap.add_argument("--large-wait", choices=("publish", "receive"), default="publish",
-                    help="wait for the large slide's conversion and publication, or only for the receive")
+    ap.add_argument("--large-wait", choices=("publish", "receive"), default="receive",
+                    help="only measure the large instance's receive, or also wait for its publication: a lone "
+                         "level 0 does not look complete, so the node waits its 60 s quiet period first")
+    ap.add_argument("--warm", default="8000x6000",
+                    help="JPEG series pushed to the same node after the timed series, to measure publish latency "
+                         "with the conversion worker already running ('' to skip)")
     ap.add_argument("--keep-large", action="store_true", help="keep the generated large instance in --work")
     ap.add_argument("--work", default=str(REPO / "bench" / "out"))
     args = ap.parse_args()
@@ -281,9 +312,14 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     inputs: dict[str, tuple[Path, bool]] = {}
+    warm = None
     if args.series:
         w, h = (int(v) for v in args.series.split("x"))
         inputs[f"series {args.series} JPEG"] = (prepare(work / f"input-{w}x{h}", series_spec(w, h)), True)
+        if args.warm:
+            w, h = (int(v) for v in args.warm.split("x"))
+            folder = prepare(work / f"input-{w}x{h}", series_spec(w, h))
+            warm = (folder, series_uid(folder))
     large_folder = None
     if args.large:
         w, h = (int(v) for v in args.large.split("x"))
@@ -295,20 +331,24 @@ def main() -> int:
         files = dcm_files(src)
         meta[name] = {"files": len(files), "bytes": sum(p.stat().st_size for p in files), "uid": series_uid(src)}
 
-    runs: dict[str, dict[str, list[dict]]] = {name: {"wsi-node": [], "storescp": []} for name in inputs}
+    scps = ["wsi-node", *STORESCP_VARIANTS]
+    runs: dict[str, dict[str, list[dict]]] = {name: {scp: [] for scp in scps} for name in inputs}
     t_start = time.monotonic()
     try:
         for rep in range(args.reps):
-            order = ("wsi-node", "storescp") if rep % 2 == 0 else ("storescp", "wsi-node")
+            order = scps[rep % len(scps):] + scps[:rep % len(scps)]  # who goes first rotates
             for name, (src, wait_publish) in inputs.items():
                 m = meta[name]
                 for scp in order:
                     if scp == "wsi-node":
-                        r = run_node(src, m["uid"], m["bytes"], m["files"], wait_publish, timeout=600)
+                        r = run_node(src, m["uid"], m["bytes"], m["files"], wait_publish, timeout=600,
+                                     warm=warm if wait_publish and name.startswith("series") else None)
                     else:
-                        r = run_storescp(src, m["bytes"], m["files"])
+                        r = run_storescp(src, m["bytes"], m["files"], STORESCP_VARIANTS[scp])
                     runs[name][scp].append(r)
                     extra = f", publish {r['publish']:.2f} s (conversion {r['conversion']:.2f} s)" if r["publish"] is not None else ""
+                    if r.get("warm_publish") is not None:
+                        extra += f"; 2nd slide: publish {r['warm_publish']:.2f} s (conversion {r['warm_conversion']:.2f} s)"
                     print(f"rep {rep + 1} {name} {scp}: {r['wall']:.2f} s, {r['mbps']:.0f} MB/s, RSS {r['rss_main']:.0f} MB "
                           f"(tree {r['rss_tree']:.0f} MB, HWM {r['hwm_main']:.0f} MB){extra}", file=sys.stderr)
     finally:
@@ -317,8 +357,9 @@ def main() -> int:
     total = time.monotonic() - t_start
     (work / "results-node.json").write_text(json.dumps({"meta": meta, "runs": runs, "seconds": total}, indent=1))
 
-    print("| input | MB | files | SCP | median storescu wall s | median MB/s | peak RSS MB (SCP process) "
-          "| peak RSS MB (process tree) | VmHWM MB | publish latency s | conversion s | latency - conversion s |")
+    print("| input | MB | files | SCP | storescu wall s (median) | MB/s (median) | peak RSS MB, SCP process (max) "
+          "| peak RSS MB, process tree (max) | VmHWM MB (max) | publish latency s (median) | conversion s (median) "
+          "| latency - conversion s (median) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, by_scp in runs.items():
         m = meta[name]
@@ -331,10 +372,17 @@ def main() -> int:
                   f"| {' | '.join(cells)} |")
     print()
     for name, by_scp in runs.items():
-        node, scp = med(by_scp["wsi-node"], "mbps"), med(by_scp["storescp"], "mbps")
-        per_rep = [a["mbps"] / b["mbps"] for a, b in zip(by_scp["wsi-node"], by_scp["storescp"])]
-        print(f"- {name}: wsi-node / storescp throughput = {node / scp:.2f} (per repetition: "
-              f"{', '.join(f'{x:.2f}' for x in per_rep)}); wsi-node peak RSS {max(r['rss_main'] for r in by_scp['wsi-node']):.0f} MB")
+        node = med(by_scp["wsi-node"], "mbps")
+        for scp in STORESCP_VARIANTS:
+            per_rep = [a["mbps"] / b["mbps"] for a, b in zip(by_scp["wsi-node"], by_scp[scp])]
+            print(f"- {name}: wsi-node / {scp} throughput = {node / med(by_scp[scp], 'mbps'):.2f} (per repetition: "
+                  f"{', '.join(f'{x:.2f}' for x in per_rep)})")
+    for name, by_scp in runs.items():
+        rs = [r for r in by_scp["wsi-node"] if r.get("warm_publish") is not None]
+        if rs:
+            lat = statistics.median(r["warm_publish"] - r["warm_conversion"] for r in rs)
+            print(f"- {args.warm} JPEG series pushed next to the same node (worker already running): publish latency "
+                  f"{med(rs, 'warm_publish'):.2f} s, conversion {med(rs, 'warm_conversion'):.2f} s, latency - conversion {lat:.2f} s (medians)")
     print(f"\n(total {total:.0f} s for {args.reps} repetitions)")
     return 0
 
