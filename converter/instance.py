@@ -233,7 +233,8 @@ def read_dataset_header(path: str | Path) -> tuple[Dataset, PixelDataLocation | 
     path = Path(path)
     try:
         with open(path, "rb") as fp:
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            # defer_size: a corrupt length field must not make us read hundreds of MB into memory.
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size="8 MB")
             ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
             implicit = ts == "1.2.840.10008.1.2"
             extended = None

@@ -46,7 +46,66 @@ def _node_parser() -> argparse.ArgumentParser:
     g.add_argument("--tls-key", default=_env("TLS_KEY"))
     g.add_argument("--tls-ca", default=_env("TLS_CA"), help="CA bundle to verify client certificates")
     g.add_argument("--tls-require-client-cert", action="store_true", default=_env("TLS_REQUIRE_CLIENT_CERT", "false").lower() in ("1", "true", "yes", "on"))
+    h = p.add_argument_group("DICOMweb STOW-RS (POST /dicom-web/studies; each also settable as WSI_NODE_<NAME>)")
+    h.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080")), help="HTTP port; 0 disables the HTTP receiver [%(default)s]")
+    h.add_argument("--http-bind", default=_env("HTTP_BIND", "0.0.0.0"), help="address the HTTP receiver listens on [%(default)s]")
+    h.add_argument("--http-max-request-mb", type=int, default=int(_env("HTTP_MAX_REQUEST_MB", "32768")),
+                   help="refuse request bodies larger than this (HTTP 413); 0: no limit [%(default)s]")
+    h.add_argument("--http-token", action="append", default=[], metavar="TOKEN",
+                   help="accepted bearer token (repeat; env WSI_NODE_HTTP_TOKENS, comma-separated). Prefer --http-token-file: "
+                        "command lines are visible to other users")
+    h.add_argument("--http-token-file", default=_env("HTTP_TOKEN_FILE"), metavar="FILE", help="file with one accepted bearer token per line")
+    h.add_argument("--http-user", action="append", default=[], metavar="USER:PASSWORD",
+                   help="HTTP basic user (repeat; env WSI_NODE_HTTP_USERS, comma-separated). Prefer --http-users-file")
+    h.add_argument("--http-users-file", default=_env("HTTP_USERS_FILE"), metavar="FILE", help="file with one user:password per line")
+    h.add_argument("--http-tls-cert", default=_env("HTTP_TLS_CERT"), metavar="PEM", help="certificate: serve HTTPS instead of HTTP")
+    h.add_argument("--http-tls-key", default=_env("HTTP_TLS_KEY"), metavar="PEM", help="private key of --http-tls-cert (if not in the same file)")
     return p
+
+
+def _secret_lines(path: str, option: str) -> list[str]:
+    """Non-empty lines of a secrets file, without comments (# at the start of a line)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot read it ({exc.strerror}).", "Point it at a readable file (mode 0600, owned by the node's user).") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def _http_settings(a: argparse.Namespace):
+    from scp.stow import HttpSettings
+
+    if a.http_port == 0:
+        return None
+    if not 0 < a.http_port < 65536:
+        raise ConfigError(f"--http-port {a.http_port} is not a port number.", "Use 1-65535, or 0 to disable the HTTP receiver.")
+    if a.http_max_request_mb < 0:
+        raise ConfigError(f"--http-max-request-mb {a.http_max_request_mb} is negative.", "Use a size in MB, or 0 for no limit.")
+    tokens = list(a.http_token) + [t.strip() for t in (_env("HTTP_TOKENS") or "").split(",") if t.strip()]
+    if a.http_token_file:
+        tokens += _secret_lines(a.http_token_file, "--http-token-file")
+    pairs = [(u, "--http-user") for u in a.http_user] + [(u.strip(), "WSI_NODE_HTTP_USERS") for u in (_env("HTTP_USERS") or "").split(",") if u.strip()]
+    if a.http_users_file:
+        pairs += [(u, "--http-users-file") for u in _secret_lines(a.http_users_file, "--http-users-file")]
+    users: dict[str, str] = {}
+    for pair, source in pairs:
+        user, sep, password = pair.partition(":")
+        if not sep or not user or not password:
+            raise ConfigError(f"{source}: an entry for user {user or '?'!r} is not user:password.", "Write user:password (the password may contain ':').")
+        users[user] = password
+    for option, value in (("--http-tls-cert", a.http_tls_cert), ("--http-tls-key", a.http_tls_key)):
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{option} {value}: no such file.", "Point it at the PEM file.")
+    if a.http_tls_key and not a.http_tls_cert:
+        raise ConfigError("--http-tls-key is set without --http-tls-cert.", "Give the certificate too, or neither.")
+    if (tokens or users) and not a.http_tls_cert and a.http_bind not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("HTTP authentication without --http-tls-cert: tokens and passwords travel in clear text unless a TLS proxy is in front")
+    return HttpSettings(
+        bind=a.http_bind, port=a.http_port, max_request_bytes=a.http_max_request_mb << 20,
+        tokens=tuple(dict.fromkeys(tokens)), users=users,
+        tls_cert=Path(a.http_tls_cert) if a.http_tls_cert else None,
+        tls_key=Path(a.http_tls_key) if a.http_tls_key else None,
+    )
 
 
 def run_serve(argv: list[str]) -> int:
@@ -59,7 +118,7 @@ def run_serve(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         parser = argparse.ArgumentParser(prog="wsi-node serve", parents=[node_parser, build_batch_parser()], add_help=True,
                                          conflict_handler="resolve",
-                                         description="Run the node: DICOM C-STORE/C-ECHO receiver, completeness tracker, inbox pipeline and workers.")
+                                         description="Run the node: DICOM C-STORE/C-ECHO receiver, DICOMweb STOW-RS receiver, completeness tracker, inbox pipeline and workers.")
         parser.print_help()
         return 0
     node_args, rest = node_parser.parse_known_args(argv)
@@ -91,10 +150,11 @@ def run_serve(argv: list[str]) -> int:
             tls_ca=Path(node_args.tls_ca) if node_args.tls_ca else None,
             tls_require_client_cert=node_args.tls_require_client_cert,
         )
+        http = _http_settings(node_args)
     except ConfigError as exc:
         print(f"wsi-node serve: {exc}", file=sys.stderr)
         return 2
-    return serve(NodeSettings(settings, dimse, node_args.disk_reserve_mb, node_args.settle, node_args.quiet_period))
+    return serve(NodeSettings(settings, dimse, node_args.disk_reserve_mb, node_args.settle, node_args.quiet_period, http))
 
 
 def main(argv: list[str] | None = None) -> int:

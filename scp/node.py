@@ -1,7 +1,9 @@
 """`wsi-node serve`: receivers, tracker, inbox pipeline and workers in one process.
 
-Threads: pynetdicom serves associations in its own threads and only stores
-instances; every store and association event is queued to the main loop,
+Threads: pynetdicom serves associations in its own threads, and uvicorn serves
+DICOMweb STOW-RS requests on its own event loop in one more thread (parts are
+parsed and stored in worker threads); receivers only store instances, and
+every store and association/request event is queued to the main loop,
 which alone updates the tracker and the state database, runs inbox passes
 and collects finished conversions. The loop sleeps until an event, a
 finished job, the tracker's next deadline (settle or quiet period) or the
@@ -24,7 +26,9 @@ from converter.executor import make_executor
 from converter.pipeline import InboxPipeline
 from converter.tracker import Tracker
 from scp.dimse import DimseReceiver, DimseSettings
+from scp.http import HttpServer
 from scp.storage import InstanceStore, StoreResult
+from scp.stow import HttpSettings, StowReceiver
 
 log = logging.getLogger("wsi_node.node")
 
@@ -36,6 +40,8 @@ class NodeSettings:
     disk_reserve_mb: int = 1024
     settle: float = 2.0
     quiet: float = 60.0
+    http: HttpSettings | None = None
+    """DICOMweb STOW-RS receiver; None: no HTTP listener."""
 
 
 class Node:
@@ -52,6 +58,11 @@ class Node:
         self.pipeline = InboxPipeline(p, self.executor, tracker=self.tracker)
         self.pipeline.on_job_done = self.wake.set
         self.dimse = DimseReceiver(settings.dimse, self.store, self._stored, self._closed)
+        self.http: HttpServer | None = None
+        if settings.http is not None:
+            h = settings.http
+            self.stow = StowReceiver(h, self.store, self._stored, self._closed)
+            self.http = HttpServer(self.stow.app, h.bind, h.port, h.tls_cert, h.tls_key, h.graceful_seconds)
 
     # receiver threads
     def _stored(self, result: StoreResult, association: str) -> None:
@@ -84,10 +95,17 @@ class Node:
             log.info("removed %d partial transfer(s) left by the last run", removed)
         self.pipeline.recover()
         self.dimse.start()
+        if self.http is not None:
+            try:
+                self.http.start()
+            except BaseException:
+                self.dimse.stop()
+                raise
         d = self.s.dimse
         tls = " (TLS)" if d.tls_cert else ""
-        log.info("wsi-node ready: DICOM AE %s listening on %s:%d%s; inbox %s; serving %s",
-                 d.ae_title, d.bind, self.dimse.port, tls, self.s.pipeline.inbox, self.s.pipeline.serving)
+        web = f"DICOMweb STOW-RS on {self.http.url}/dicom-web/studies" if self.http else "DICOMweb off"
+        log.info("wsi-node ready: DICOM AE %s listening on %s:%d%s; %s; inbox %s; serving %s",
+                 d.ae_title, d.bind, self.dimse.port, tls, web, self.s.pipeline.inbox, self.s.pipeline.serving)
 
     def run(self) -> int:
         interval = self.s.pipeline.watch_interval
@@ -116,8 +134,10 @@ class Node:
         return self.shutdown()
 
     def shutdown(self) -> int:
-        log.info("stopping: no new associations; finishing the conversions in progress")
+        log.info("stopping: no new associations or HTTP requests; finishing the requests and conversions in progress")
         self.dimse.stop()
+        if self.http is not None:
+            self.http.stop()
         self._drain()
         self.pipeline.collect(wait=True)
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -135,5 +155,10 @@ def serve(settings: NodeSettings) -> int:
     node = Node(settings)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
-    node.start()
+    try:
+        node.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        node.shutdown()
+        return 2
     return node.run()

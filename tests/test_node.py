@@ -20,6 +20,7 @@ from config.settings import BatchSettings
 from converter.synthetic import SlideSpec, series_uids, write_non_wsi, write_series
 from scp.dimse import WSI_STORAGE, DimseSettings
 from scp.node import Node, NodeSettings
+from scp.stow import HttpSettings
 from tests.readers import open_openslide
 
 STORESCU = "/usr/bin/storescu"  # DCMTK's; pynetdicom installs an app of the same name on PATH
@@ -34,7 +35,10 @@ def free_port() -> int:
 
 
 class RunningNode:
-    def __init__(self, tmp: Path, **dimse) -> None:
+    """The node in this process: DIMSE on a free port, and the DICOMweb receiver on 127.0.0.1 at an
+    OS-chosen port (`http_port`, `http_url`); `http` holds extra HttpSettings fields (auth, limits, TLS)."""
+
+    def __init__(self, tmp: Path, http: dict | None = None, **dimse) -> None:
         self.data = tmp / "data"
         p = BatchSettings(inbox=self.data / "inbox", serving=self.data / "serving", archive=self.data / "archive",
                           quarantine=self.data / "quarantine", state_dir=self.data / "state", watch_interval=1.0, max_concurrent=1)
@@ -42,9 +46,11 @@ class RunningNode:
             d.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.settings = NodeSettings(p, DimseSettings(bind="127.0.0.1", port=self.port, **dimse), disk_reserve_mb=1,
-                                     settle=0.5, quiet=30)
+                                     settle=0.5, quiet=30, http=HttpSettings(bind="127.0.0.1", port=0, **(http or {})))
         self.node = Node(self.settings)
         self.node.start()
+        self.http_port = self.node.http.port
+        self.http_url = f"{self.node.http.url}/dicom-web"
         self.thread = threading.Thread(target=self.node.run, daemon=True)
         self.thread.start()
 
@@ -386,8 +392,9 @@ def test_incomplete_slide_converts_after_the_quiet_period_and_says_why(tmp_path)
 def test_wsi_node_serve_command_ready_line_and_sigterm(tmp_path):
     import signal as sig
 
-    port = free_port()
+    port, http_port = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "scp.cli", "serve", "--bind", "127.0.0.1", "--port", str(port),
+                             "--http-bind", "127.0.0.1", "--http-port", str(http_port),
                              "--data", str(tmp_path / "data")], cwd=Path(__file__).resolve().parents[1],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -400,6 +407,7 @@ def test_wsi_node_serve_command_ready_line_and_sigterm(tmp_path):
                 break
             assert line or proc.poll() is None, "".join(lines)
         assert f"listening on 127.0.0.1:{port}" in lines[-1]
+        assert f"DICOMweb STOW-RS on http://127.0.0.1:{http_port}/dicom-web/studies" in lines[-1]
         assert sum("wsi-node ready" in ln for ln in lines) == 1
         for sub in ("inbox", "serving", "archive", "quarantine", "state"):
             assert (tmp_path / "data" / sub).is_dir()

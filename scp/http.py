@@ -1,0 +1,83 @@
+"""Runs an ASGI app on uvicorn in a background thread with its own event loop.
+
+The listening socket is bound in the caller's thread, so a port already in use fails
+`start()` at once (like the DIMSE server) and port 0 gets a real port to report. `stop()`
+stops accepting connections, gives requests still running `graceful_seconds` to finish,
+then cancels them and joins the thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+
+log = logging.getLogger("wsi_node.http")
+
+
+class HttpServer:
+    def __init__(self, app, bind: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None,
+                 graceful_seconds: float = 30.0) -> None:
+        self.app = app
+        self.bind = bind
+        self.requested_port = port
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
+        self.graceful_seconds = graceful_seconds
+        self.server: uvicorn.Server | None = None
+        self.thread: threading.Thread | None = None
+        self.sock: socket.socket | None = None
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1] if self.sock is not None else self.requested_port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> None:
+        family = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
+        try:
+            self.sock = socket.create_server((self.bind, self.requested_port), family=family, backlog=128, reuse_port=False)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen for HTTP on {self.bind}:{self.requested_port}: {exc.strerror}") from exc
+        # uvicorn's own INFO lines (started, running on, shutting down) would duplicate ours.
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+        config = uvicorn.Config(
+            self.app, host=self.bind, port=self.port, log_config=None, access_log=False, lifespan="off",
+            server_header=False, timeout_graceful_shutdown=int(self.graceful_seconds) or None,
+            ssl_certfile=str(self.tls_cert) if self.tls_cert else None,
+            ssl_keyfile=str(self.tls_key) if self.tls_key else None,
+        )
+        try:
+            config.load()  # here, so a bad certificate or key fails start() with its own message
+        except Exception:
+            self.sock.close()
+            self.sock = None
+            raise
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="wsi-node-http", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise OSError(f"the HTTP server on {self.bind}:{self.requested_port} did not start (see the log above)")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+            if self.thread is not None:
+                self.thread.join(self.graceful_seconds + 10)
+                if self.thread.is_alive():
+                    log.warning("the HTTP server thread did not stop in time")
+        if self.sock is not None:
+            self.sock.close()
+        self.server = self.thread = self.sock = None
