@@ -357,7 +357,7 @@ class InboxPipeline:
         return handled
 
     def _finish(self, job: Job) -> None:
-        files = self.store.files()
+        files = self.store.files(job.rels)
         rows = [files[r] for r in job.rels if r in files]
         try:
             result = job.future.result()

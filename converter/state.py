@@ -25,10 +25,11 @@ CREATE TABLE IF NOT EXISTS files (
     series_uid TEXT,
     header BLOB,                   -- pickled WsiInstance for dicom files
     reason TEXT,
-    state TEXT NOT NULL,           -- pending | done | quarantined
+    state TEXT NOT NULL,           -- pending (in the inbox) | archived
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_series ON files(series_uid);
+CREATE INDEX IF NOT EXISTS files_state ON files(state);
 CREATE TABLE IF NOT EXISTS series (
     uid TEXT PRIMARY KEY,
     study_uid TEXT,
@@ -76,9 +77,20 @@ class StateStore:
         self.db.close()
 
     # files
-    def files(self) -> dict[str, FileRow]:
-        """Every row, without the cached headers (a scan compares sizes and mtimes only)."""
-        rows = self.db.execute("SELECT rel, location, size, mtime_ns, kind, series_uid, NULL, reason, state FROM files")
+    def files(self, rels: list[str] | None = None) -> dict[str, FileRow]:
+        """Rows of files still in the inbox (all, or the given ones), without the cached headers.
+
+        Archived files keep their rows (a re-opened series needs them) but a scan never needs
+        them, so a node that has archived millions of files still scans in constant time.
+        """
+        query = "SELECT rel, location, size, mtime_ns, kind, series_uid, NULL, reason, state FROM files"
+        if rels is None:
+            rows = self.db.execute(query + " WHERE state = 'pending'")
+        else:
+            rows = []
+            for i in range(0, len(rels), 500):
+                chunk = rels[i : i + 500]
+                rows += self.db.execute(query + f" WHERE rel IN ({','.join('?' * len(chunk))})", chunk).fetchall()
         return {r[0]: FileRow(*r) for r in rows}
 
     def series_files(self, uid: str) -> list[FileRow]:
@@ -107,12 +119,6 @@ class StateStore:
         with self.db:
             self.db.execute("DELETE FROM files WHERE rel=?", (new_rel,))
             self.db.execute("UPDATE files SET rel=?, location=?, state=?, updated=? WHERE rel=?", (new_rel, location, state, time.time(), rel))
-
-    def set_file_state(self, rels: list[str], state: str) -> None:
-        if self.readonly or not rels:
-            return
-        with self.db:
-            self.db.executemany("UPDATE files SET state=?, updated=? WHERE rel=?", [(state, time.time(), r) for r in rels])
 
     def forget_files(self, rels: list[str]) -> None:
         if self.readonly or not rels:
