@@ -1,0 +1,280 @@
+"""DICOMweb STOW-RS benchmark: one STOW-RS request vs one C-STORE association, both to `wsi-node serve`.
+
+Usage:
+    python bench/bench_stow.py [--reps 3] [--series 24000x18000] [--large 20000x18000] [--work bench/out]
+                               [--variants chunked,length,cstore] [--keep-large] [--no-publish]
+
+Inputs (the same as bench_node.py, from converter/synthetic.py, helpers imported from it):
+1. "series": the 24000x18000 JPEG Baseline series of bench_convert.py (8 instances, ~112 MB; cached in
+   --work/input-24000x18000);
+2. "large": one native RGB instance (Explicit VR Little Endian, level 0 only, 20000x18000 = 1.10 GB),
+   generated into --work and removed at the end unless --keep-large.
+
+Before anything is timed, each input is written once into a multipart/related body file
+(`--work/stow-body-<input>.mpr`: every .dcm file as one `Content-Type: application/dicom` part, 32 hex
+digit boundary like dicomweb-client's); the body files are always removed at the end.
+
+Senders (each push goes to a freshly started node with an empty data folder):
+- "STOW-RS chunked": curl streams the body file as ONE request with `Transfer-Encoding: chunked`:
+  `curl -sS -X POST -T <body> -H 'Content-Type: multipart/related; type="application/dicom"; boundary=<b>'
+   -H 'Transfer-Encoding: chunked' -H 'Expect:' -o <resp> -w '%{http_code}' http://127.0.0.1:<P>/dicom-web/studies`
+  (`-T` reads the file as it sends, `--data-binary @file` would load it into curl's memory first;
+  `Expect:` drops the 100-continue round trip);
+- "STOW-RS Content-Length": the same request without the Transfer-Encoding header (curl then sends a
+  Content-Length), for comparison;
+- "C-STORE": `/usr/bin/storescu -R -xy +sd +sp '*.dcm' -aet BENCH -aec WSINODE 127.0.0.1 <port> <folder>`
+  (one association; DCMTK 3.6.7).
+The node: `wsi-node serve --bind 127.0.0.1 --port P --http-bind 127.0.0.1 --http-port H --data <tmp>
+--quiet-period 600 --settle 2` ("ready" = its "wsi-node ready" log line). A push must store every
+instance (STOW-RS: HTTP 200 and one ReferencedSOPSequence item per file; both: the number of .dcm files
+in the inbox; STOW-RS: the node's log names the framing the variant used). Every repetition runs every sender once per input, interleaved (who goes first rotates);
+`sync` before each push.
+Measured:
+- throughput: bytes of the .dcm files (MB = 10^6 bytes) / wall time of the sender process (curl until
+  the HTTP response, storescu until its exit);
+- peak RSS during the push: VmRSS of the node process and the sum over its process tree, polled every
+  20 ms (bench_node.RssPoller), and the node's VmHWM read right after the push;
+- CPU seconds of the node process tree (utime + stime from /proc) and of the sender during the push;
+- series only (unless --no-publish): time from the end of the push until <SeriesInstanceUID>.tiff and
+  .json are in <data>/serving, and the conversion time from that JSON. The large instance is a lone
+  level 0 that waits the 600 s quiet period: its conversion is not waited for.
+Prints a Markdown table of medians and the ratios (per repetition too), writes every run to
+--work/results-stow.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_node import (  # noqa: E402
+    NODE_AE, REPO, RssPoller, dcm_files, descendants, free_port, large_spec, prepare, push, series_spec, series_uid,
+    status_kb, stop, wait_for, wait_published,
+)
+
+CURL = "/usr/bin/curl"
+CLK = os.sysconf("SC_CLK_TCK")
+VARIANTS = {
+    "chunked": "STOW-RS chunked (curl -T)",
+    "length": "STOW-RS Content-Length (curl -T)",
+    "cstore": "C-STORE (storescu)",
+}
+
+
+# --- body files ---------------------------------------------------------------------------------
+def build_body(files: list[Path], body: Path) -> tuple[str, float]:
+    """Write the multipart/related body of `files` to `body`; returns the boundary and the seconds it took."""
+    boundary = secrets.token_hex(16)
+    t = time.monotonic()
+    with open(body, "wb") as out:
+        for f in files:
+            out.write(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
+            with open(f, "rb") as src:
+                shutil.copyfileobj(src, out, 8 << 20)
+            out.write(b"\r\n")
+        out.write(f"--{boundary}--\r\n".encode())
+    return boundary, time.monotonic() - t
+
+
+# --- measurement helpers ------------------------------------------------------------------------
+def tree_cpu(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])  # utime, stime
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / CLK
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def stow(body: Path, boundary: str, http_port: int, chunked: bool, resp: Path) -> float:
+    """curl wall seconds for one STOW-RS request streamed from `body`; raises unless HTTP 200."""
+    cmd = [CURL, "-sS", "-X", "POST", "-T", str(body),
+           "-H", f'Content-Type: multipart/related; type="application/dicom"; boundary={boundary}',
+           "-H", "Expect:", "-H", "Accept: application/dicom+json", "-o", str(resp), "-w", "%{http_code}",
+           f"http://127.0.0.1:{http_port}/dicom-web/studies"]
+    if chunked:
+        cmd[-1:-1] = ["-H", "Transfer-Encoding: chunked"]
+    t = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.monotonic() - t
+    if out.returncode != 0 or out.stdout.strip() != "200":
+        text = resp.read_text()[-2000:] if resp.exists() else ""
+        raise RuntimeError(f"curl failed ({out.returncode}, HTTP {out.stdout.strip()}): {out.stderr[-2000:]} {text}")
+    return wall
+
+
+def run(variant: str, src: Path, body: Path, boundary: str, uid: str, nbytes: int, n_files: int, publish: bool) -> dict:
+    wsi = str(Path(sys.executable).parent / "wsi-node")
+    data = Path(tempfile.mkdtemp(prefix="bench-stow-"))
+    log = data.parent / f"{data.name}.log"
+    resp = data.parent / f"{data.name}.json"
+    port, http_port = free_port(), free_port()
+    while http_port == port:
+        http_port = free_port()
+    cmd = [wsi, "serve", "--bind", "127.0.0.1", "--port", str(port), "--http-bind", "127.0.0.1",
+           "--http-port", str(http_port), "--data", str(data), "--quiet-period", "600", "--settle", "2"]
+    try:
+        with open(log, "w") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        poller = RssPoller(proc.pid)
+        try:
+            wait_for(lambda: "wsi-node ready" in log.read_text(), 60, "wsi-node start", proc, log)
+            os.sync()
+            pids = [proc.pid, *descendants(proc.pid)]
+            cpu0, sender0 = tree_cpu(pids), children_cpu()
+            poller.start()
+            if variant == "cstore":
+                wall = push(src, port, NODE_AE)
+            else:
+                wall = stow(body, boundary, http_port, variant == "chunked", resp)
+            done = time.monotonic()
+            pids = [proc.pid, *descendants(proc.pid)]
+            node_cpu, sender_cpu = tree_cpu(pids) - cpu0, children_cpu() - sender0
+            hwm = status_kb(proc.pid, "VmHWM")
+            rss_main, rss_tree = poller.main_kb, poller.tree_kb
+            if variant != "cstore":
+                # the node's own log line says how the body came in ("...; <n> bytes, chunked)")
+                want = "chunked" if variant == "chunked" else "Content-Length"
+                if f"bytes, {want})" not in log.read_text():
+                    raise RuntimeError(f"the node did not log a {want} request: {log.read_text()[-2000:]}")
+                answer = json.loads(resp.read_text())
+                refs = answer.get("00081199", {}).get("Value", [])
+                if len(refs) != n_files or "00081198" in answer:
+                    raise RuntimeError(f"STOW-RS response lists {len(refs)} of {n_files} instances: {answer}")
+            stored = list((data / "inbox").rglob("*.dcm"))
+            if len(stored) != n_files:
+                raise RuntimeError(f"wsi-node stored {len(stored)} of {n_files} files: {log.read_text()[-2000:]}")
+            latency = conversion = None
+            if publish:
+                latency, conversion = wait_published(data, uid, done, 300, proc, log)
+        finally:
+            poller.halt.set()
+            stop(proc)
+        if poller.is_alive():
+            poller.join()
+        return {"wall": wall, "mbps": nbytes / 1e6 / wall, "rss_main": rss_main / 1024, "rss_tree": rss_tree / 1024,
+                "hwm_main": hwm / 1024, "node_cpu": node_cpu, "sender_cpu": sender_cpu,
+                "publish": latency, "conversion": conversion}
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+        log.unlink(missing_ok=True)
+        resp.unlink(missing_ok=True)
+
+
+def med(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(v: float | None, digits: int = 2) -> str:
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--series", default="24000x18000", help="JPEG series WxH ('' to skip)")
+    ap.add_argument("--large", default="20000x18000", help="native RGB single instance WxH ('' to skip)")
+    ap.add_argument("--variants", default="chunked,length,cstore", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--no-publish", action="store_true", help="do not wait for the series to be published")
+    ap.add_argument("--keep-large", action="store_true", help="keep the generated large instance in --work")
+    ap.add_argument("--work", default=str(REPO / "bench" / "out"))
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    variants = [v for v in args.variants.split(",") if v]
+    if unknown := set(variants) - set(VARIANTS):
+        ap.error(f"unknown variants {sorted(unknown)}")
+
+    t_start = time.monotonic()
+    inputs: dict[str, dict] = {}
+    large_folder = None
+    bodies: list[Path] = []
+    try:
+        if args.series:
+            w, h = (int(v) for v in args.series.split("x"))
+            inputs[f"series {args.series} JPEG"] = {"src": prepare(work / f"input-{w}x{h}", series_spec(w, h)),
+                                                   "publish": not args.no_publish, "tag": f"series-{w}x{h}"}
+        if args.large:
+            w, h = (int(v) for v in args.large.split("x"))
+            large_folder = work / f"input-large-{w}x{h}-explicit"
+            inputs[f"1 instance {args.large} native"] = {"src": prepare(large_folder, large_spec(w, h)),
+                                                         "publish": False, "tag": f"large-{w}x{h}"}
+        for name, m in inputs.items():
+            files = dcm_files(m["src"])
+            m.update(files=len(files), bytes=sum(p.stat().st_size for p in files), uid=series_uid(m["src"]))
+            m["body"] = work / f"stow-body-{m['tag']}.mpr"
+            bodies.append(m["body"])
+            m["boundary"], m["build_s"] = build_body(files, m["body"])
+            m["body_bytes"] = m["body"].stat().st_size
+            print(f"{name}: {m['files']} files, {m['bytes'] / 1e6:.0f} MB; body built in {m['build_s']:.1f} s "
+                  f"(not timed; {m['body_bytes'] - m['bytes']} bytes of multipart framing)", file=sys.stderr)
+
+        runs = {name: {v: [] for v in variants} for name in inputs}
+        t_push = time.monotonic()
+        for rep in range(args.reps):
+            order = variants[rep % len(variants):] + variants[:rep % len(variants)]
+            for name, m in inputs.items():
+                for v in order:
+                    r = run(v, m["src"], m["body"], m["boundary"], m["uid"], m["bytes"], m["files"], m["publish"])
+                    runs[name][v].append(r)
+                    extra = f", publish {r['publish']:.2f} s (conversion {r['conversion']:.2f} s)" if r["publish"] is not None else ""
+                    print(f"rep {rep + 1} {name} {VARIANTS[v]}: {r['wall']:.2f} s, {r['mbps']:.0f} MB/s, RSS {r['rss_main']:.0f} MB "
+                          f"(tree {r['rss_tree']:.0f}, HWM {r['hwm_main']:.0f}), CPU node {r['node_cpu']:.2f} s, "
+                          f"sender {r['sender_cpu']:.2f} s{extra}", file=sys.stderr)
+        push_s = time.monotonic() - t_push
+    finally:
+        for b in bodies:
+            b.unlink(missing_ok=True)
+        if large_folder is not None and not args.keep_large:
+            shutil.rmtree(large_folder, ignore_errors=True)
+    total = time.monotonic() - t_start
+    meta = {n: {k: (str(v) if isinstance(v, Path) else v) for k, v in m.items()} for n, m in inputs.items()}
+    (work / "results-stow.json").write_text(json.dumps({"meta": meta, "runs": runs, "push_seconds": push_s,
+                                                        "seconds": total}, indent=1))
+
+    print("| input | MB | files | sender | wall s (median) | MB/s (median) | node peak RSS MB, process (max) "
+          "| node peak RSS MB, tree (max) | node VmHWM MB (max) | node CPU s (median) | sender CPU s (median) "
+          "| publish latency s (median) | conversion s (median) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, by_v in runs.items():
+        m = inputs[name]
+        for v, rs in by_v.items():
+            print(f"| {name} | {m['bytes'] / 1e6:.0f} | {m['files']} | {VARIANTS[v]} | {med(rs, 'wall'):.2f} | {med(rs, 'mbps'):.0f} "
+                  f"| {max(r['rss_main'] for r in rs):.0f} | {max(r['rss_tree'] for r in rs):.0f} | {max(r['hwm_main'] for r in rs):.0f} "
+                  f"| {fmt(med(rs, 'node_cpu'))} | {fmt(med(rs, 'sender_cpu'))} | {fmt(med(rs, 'publish'))} | {fmt(med(rs, 'conversion'))} |")
+    print()
+    if "cstore" in variants:
+        for name, by_v in runs.items():
+            base = by_v["cstore"]
+            for v in variants:
+                if v == "cstore":
+                    continue
+                per_rep = [a["mbps"] / b["mbps"] for a, b in zip(by_v[v], base)]
+                print(f"- {name}: {VARIANTS[v]} / C-STORE throughput = {med(by_v[v], 'mbps') / med(base, 'mbps'):.2f} "
+                      f"(per repetition: {', '.join(f'{x:.2f}' for x in per_rep)})")
+    print(f"\n(pushes {push_s:.0f} s, total {total:.0f} s for {args.reps} repetitions)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
