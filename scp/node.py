@@ -94,6 +94,8 @@ class Node:
         if removed:
             log.info("removed %d partial transfer(s) left by the last run", removed)
         self.pipeline.recover()
+        # Start a conversion worker now: the first slide must not pay for forking and importing it.
+        self.executor.submit(int).result(timeout=300)
         self.dimse.start()
         if self.http is not None:
             try:
