@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections import defaultdict
 from concurrent.futures import Executor, Future
@@ -144,6 +145,8 @@ class InboxPipeline:
         self.tracker = tracker
         self.on_job_done: Callable[[], None] | None = None
         """Called (from a worker-result thread) when a job finishes, so an event loop can wake up."""
+        self.on_job_finished: Callable[[str, object, float], None] | None = None
+        """Called on the collecting thread with (job kind, result or exception, seconds since submission), for metrics."""
         self.clock = clock
         self.options = settings.conversion_options()
         readonly = settings.dry_run
@@ -164,8 +167,6 @@ class InboxPipeline:
             if name.startswith(".") and (name.endswith(".tmp") or name.endswith(".work") or name.endswith(".incoming")):
                 log.info("removing temporary %s left by an interrupted run", item)
                 if item.is_dir():
-                    import shutil
-
                     shutil.rmtree(item, ignore_errors=True)
                 else:
                     item.unlink(missing_ok=True)
@@ -363,6 +364,11 @@ class InboxPipeline:
             result = job.future.result()
         except Exception as exc:  # the worker died (a codec crash, out of memory)
             result = exc
+        if self.on_job_finished is not None:
+            try:
+                self.on_job_finished(job.kind, result, time.monotonic() - job.started)
+            except Exception:  # metrics must never stop the pipeline
+                log.exception("job-finished hook failed")
         if job.kind == "series":
             report = result if isinstance(result, ConversionReport) else None
             if self.tracker is not None and self.tracker.tracks(job.key):
