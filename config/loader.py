@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from config.errors import ConfigError
+from config.node_options import NODE_SECTION, node_section
 from config.settings import ICC_POLICIES, LAYOUTS, LOG_FORMATS, MODES, NAMINGS, BatchSettings
 
 log = logging.getLogger("wsi_node.config")
@@ -400,32 +401,93 @@ def _read_config_file(path: Path, named_by: str) -> dict[str, Any]:
 
 
 def _file_layer(path: Path, named_by: str) -> dict[str, tuple[Any, _Origin]]:
-    data = _read_config_file(path, named_by)
+    return _entries_layer(_read_config_file(path, named_by), path)
+
+
+def check_file_entries(data: Mapping[str, Any], path: Path) -> list[ConfigError]:
+    """Every problem of the pipeline keys of a config file (unknown keys, wrong types), not only the first."""
+    errors: list[ConfigError] = []
+    _entries_layer(data, path, errors)
+    return errors
+
+
+def check_env_entries(environ: Mapping[str, str]) -> list[ConfigError]:
+    """Every CONVERTER_* variable that does not parse."""
+    errors: list[ConfigError] = []
+    for opt in BATCH_OPTIONS:
+        if opt.env in environ:
+            try:
+                _parse_text(opt, environ[opt.env], _Origin("env", opt.env))
+            except ConfigError as exc:
+                errors.append(exc)
+    return errors
+
+
+def _entries_layer(
+    data: Mapping[str, Any], path: Path, errors: list[ConfigError] | None = None
+) -> dict[str, tuple[Any, _Origin]]:
     out: dict[str, tuple[Any, _Origin]] = {}
     for key, raw in data.items():
-        opt = _YAML_KEYS.get(key) if isinstance(key, str) else None
-        if opt is None:
-            close = difflib.get_close_matches(str(key), list(_YAML_KEYS), n=1)
-            hint = f"Did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(
-                f"unknown key {key!r} in config file {path}.",
-                f"{hint}Known keys: {', '.join(o.field for o in BATCH_OPTIONS)}.",
-            )
-        if opt.field in out:
-            raise ConfigError(
-                f"config file {path} sets {opt.field} twice, as {out[opt.field][1].name!r} and {key!r}.",
-                "Keep one of them.",
-            )
-        origin = _Origin("file", key, path)
-        out[opt.field] = (_parse_yaml_value(opt, raw, origin), origin)
+        try:
+            _entry(out, key, raw, data, path)
+        except ConfigError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
     return out
+
+
+def _entry(out: dict[str, tuple[Any, _Origin]], key: Any, raw: Any, data: Mapping[str, Any], path: Path) -> None:
+    if key == NODE_SECTION:
+        node_section(data, path)  # the node's own settings (wsi-node serve); only its shape is checked here
+        return
+    opt = _YAML_KEYS.get(key) if isinstance(key, str) else None
+    if opt is None:
+        close = difflib.get_close_matches(str(key), list(_YAML_KEYS), n=1)
+        hint = f"Did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(
+            f"unknown key {key!r} in config file {path}.",
+            f"{hint}Known keys: {', '.join(o.field for o in BATCH_OPTIONS)}"
+            f" (node settings such as ae_title go under `{NODE_SECTION}:`).",
+        )
+    if opt.field in out:
+        raise ConfigError(
+            f"config file {path} sets {opt.field} twice, as {out[opt.field][1].name!r} and {key!r}.",
+            "Keep one of them.",
+        )
+    origin = _Origin("file", key, path)
+    out[opt.field] = (_parse_yaml_value(opt, raw, origin), origin)
 
 
 # --------------------------------------------------------------------------- loading
 
 
+def config_file_from(
+    config_arg: Path | None, environ: Mapping[str, str], config_envs: tuple[str, ...] = (CONFIG_ENV,)
+) -> tuple[Path, str] | None:
+    """The config file to read and what named it: --config, else the first of config_envs that is set."""
+    if config_arg is not None:
+        return config_arg, "--config"
+    for name in config_envs:
+        if name in environ:
+            text = environ[name]
+            if not text.strip():
+                raise ConfigError(
+                    f"{name} is set but empty.",
+                    f"Set it to a YAML file, e.g. {name}=/etc/wsi-node/wsi-node.yaml, or remove it.",
+                )
+            return Path(text).expanduser(), name
+    return None
+
+
+def read_config_file(path: Path, named_by: str) -> dict[str, Any]:
+    """The whole YAML mapping (pipeline keys and the `node:` section), with the loader's messages."""
+    return _read_config_file(path, named_by)
+
+
 def load_batch_settings(
-    argv: list[str] | None = None, environ: Mapping[str, str] | None = None
+    argv: list[str] | None = None, environ: Mapping[str, str] | None = None,
+    config_envs: tuple[str, ...] = (CONFIG_ENV,),
 ) -> tuple[BatchSettings, dict[str, str]]:
     """Settings from defaults < YAML file < environment < command line, values checked.
 
@@ -442,18 +504,9 @@ def load_batch_settings(
     values: dict[str, Any] = {}
     origins: dict[str, _Origin] = {o.field: _Origin("default", o.flag) for o in BATCH_OPTIONS}
 
-    config_path: Path | None = None
-    if "config" in args:
-        config_path, named_by = args.pop("config"), "--config"
-    elif CONFIG_ENV in environ:
-        text = environ[CONFIG_ENV]
-        if not text.strip():
-            raise ConfigError(
-                f"{CONFIG_ENV} is set but empty.",
-                f"Set it to a YAML file, e.g. {CONFIG_ENV}=/etc/wsi-node/batch-converter.yaml, or remove it.",
-            )
-        config_path, named_by = Path(text).expanduser(), CONFIG_ENV
-    if config_path is not None:
+    found = config_file_from(args.pop("config", None), environ, config_envs)
+    if found is not None:
+        config_path, named_by = found
         for field, (value, origin) in _file_layer(config_path, named_by).items():
             values[field], origins[field] = value, origin
 

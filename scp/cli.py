@@ -9,7 +9,12 @@ import os
 import sys
 from pathlib import Path
 
+from collections.abc import Mapping
+from typing import Any
+
 from config.errors import ConfigError
+from config.loader import CONFIG_ENV
+from config.node_options import MERGED_LISTS, NODE_CONFIG_ENV, NODE_OPTIONS, layered_node_values, node_section
 from converter import cli as convert_cli
 
 log = logging.getLogger("wsi_node")
@@ -21,46 +26,96 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"WSI_NODE_{name}", default)
 
 
-def _node_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wsi-node serve", add_help=False)
-    g = p.add_argument_group("node (each also settable as WSI_NODE_<NAME>, e.g. WSI_NODE_AE_TITLE)")
-    g.add_argument("--data", default=_env("DATA", "data"), help="base folder for the default inbox/serving/archive/quarantine/state [%(default)s]")
-    g.add_argument("--ae-title", default=_env("AE_TITLE", "WSINODE"), help="DICOM AE title [%(default)s]")
-    g.add_argument("--port", type=int, default=int(_env("PORT", "11112")), help="DICOM port [%(default)s]")
-    g.add_argument("--bind", default=_env("BIND", "0.0.0.0"), help="address to listen on [%(default)s]")
-    g.add_argument("--allowed-aet", action="append", default=[a for a in (_env("ALLOWED_AET") or "").split(",") if a],
-                   help="calling AE title allowed to connect (repeat; default: any)")
-    g.add_argument("--allowed-peer", action="append", default=[a for a in (_env("ALLOWED_PEER") or "").split(",") if a],
-                   help="AET=address pair: that AE title may only connect from that address (repeat)")
-    g.add_argument("--max-associations", type=int, default=int(_env("MAX_ASSOCIATIONS", "10")))
-    g.add_argument("--disk-reserve-mb", type=int, default=int(_env("DISK_RESERVE_MB", "1024")),
-                   help="refuse instances (status A700) when free disk is below this [%(default)s]")
-    g.add_argument("--settle", type=float, default=float(_env("SETTLE", "2")),
-                   help="seconds after the last instance of a complete slide before converting [%(default)s]")
-    g.add_argument("--quiet-period", type=float, default=float(_env("QUIET_PERIOD", "60")),
-                   help="seconds without a new instance after which an incomplete slide is converted anyway [%(default)s]")
-    g.add_argument("--accept-other-storage", action="store_true", default=_env("ACCEPT_OTHER_STORAGE", "false").lower() in ("1", "true", "yes", "on"),
-                   help="accept non-WSI storage (kept in quarantine) instead of rejecting it at negotiation")
-    g.add_argument("--no-called-aet-check", action="store_true", help="accept associations whatever called AE title they use")
-    g.add_argument("--tls-cert", default=_env("TLS_CERT"), help="PEM certificate: DICOM TLS on the DIMSE port")
-    g.add_argument("--tls-key", default=_env("TLS_KEY"))
-    g.add_argument("--tls-ca", default=_env("TLS_CA"), help="CA bundle to verify client certificates")
-    g.add_argument("--tls-require-client-cert", action="store_true", default=_env("TLS_REQUIRE_CLIENT_CERT", "false").lower() in ("1", "true", "yes", "on"))
-    h = p.add_argument_group("DICOMweb STOW-RS (POST /dicom-web/studies; each also settable as WSI_NODE_<NAME>)")
-    h.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", "8080")), help="HTTP port; 0 disables the HTTP receiver [%(default)s]")
-    h.add_argument("--http-bind", default=_env("HTTP_BIND", "0.0.0.0"), help="address the HTTP receiver listens on [%(default)s]")
-    h.add_argument("--http-max-request-mb", type=int, default=int(_env("HTTP_MAX_REQUEST_MB", "32768")),
-                   help="refuse request bodies larger than this (HTTP 413); 0: no limit [%(default)s]")
-    h.add_argument("--http-token", action="append", default=[], metavar="TOKEN",
-                   help="accepted bearer token (repeat; env WSI_NODE_HTTP_TOKENS, comma-separated). Prefer --http-token-file: "
-                        "command lines are visible to other users")
-    h.add_argument("--http-token-file", default=_env("HTTP_TOKEN_FILE"), metavar="FILE", help="file with one accepted bearer token per line")
-    h.add_argument("--http-user", action="append", default=[], metavar="USER:PASSWORD",
-                   help="HTTP basic user (repeat; env WSI_NODE_HTTP_USERS, comma-separated). Prefer --http-users-file")
-    h.add_argument("--http-users-file", default=_env("HTTP_USERS_FILE"), metavar="FILE", help="file with one user:password per line")
-    h.add_argument("--http-tls-cert", default=_env("HTTP_TLS_CERT"), metavar="PEM", help="certificate: serve HTTPS instead of HTTP")
-    h.add_argument("--http-tls-key", default=_env("HTTP_TLS_KEY"), metavar="PEM", help="private key of --http-tls-cert (if not in the same file)")
+CONFIG_ENVS = (NODE_CONFIG_ENV, CONFIG_ENV)
+_GROUPS = {
+    "node": "node (each also settable as WSI_NODE_<NAME>, e.g. WSI_NODE_AE_TITLE, or under `node:` in the --config YAML)",
+    "tls": "DICOM TLS (WSI_NODE_TLS_*)",
+    "http": "HTTP: DICOMweb STOW-RS (POST /dicom-web/studies), health, metrics (each also settable as WSI_NODE_<NAME>)",
+}
+
+
+def _node_parser(base: dict[str, Any] | None = None, cli_only: bool = False) -> argparse.ArgumentParser:
+    """The node's flags. Defaults are `base` (defaults < YAML `node:` < WSI_NODE_* env); cli_only: no defaults at all,
+    so the namespace holds exactly what was typed (to tell flags from lower layers)."""
+    if base is None:
+        base, _ = layered_node_values(None, None, os.environ)
+    p = argparse.ArgumentParser(prog="wsi-node serve", add_help=False, allow_abbrev=False)
+    groups = {name: p.add_argument_group(title) for name, title in _GROUPS.items()}
+    for opt in NODE_OPTIONS:
+        g = groups[opt.group]
+        kwargs: dict[str, Any] = {"dest": opt.field}
+        default = base[opt.field]
+        if opt.kind == "bool":
+            kwargs["action"] = "store_true"
+        elif opt.kind == "list":
+            kwargs["action"] = "append"
+            # tokens and users of every layer are accepted together; other lists: the flags replace lower layers
+            default = list(default) if opt.field in MERGED_LISTS else None
+        else:
+            kwargs["type"] = {"int": int, "float": float}.get(opt.kind, str)
+        if opt.kind in ("file", "path"):
+            kwargs["metavar"] = "FILE" if opt.kind == "file" else "DIR"
+        kwargs["default"] = argparse.SUPPRESS if cli_only else default
+        shown = "" if opt.secret or opt.kind == "list" else f" [{_shown(base[opt.field])}]"
+        g.add_argument(opt.flag, help=f"{opt.help}{shown} (env {opt.env})", **kwargs)
     return p
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list):
+        return ", ".join(value) if value else "(none)"
+    return str(value)
+
+
+@dataclasses.dataclass
+class Effective:
+    """Every setting of `wsi-node serve` after layering, with where each came from."""
+
+    batch: Any
+    batch_sources: dict[str, str]
+    node: argparse.Namespace
+    node_sources: dict[str, str]
+    config_file: Path | None
+
+
+def _pre_config(argv: list[str]) -> Path | None:
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", type=Path, default=None)
+    return pre.parse_known_args(argv)[0].config
+
+
+def effective_settings(argv: list[str], environ: Mapping[str, str] | None = None) -> Effective:
+    """Layer defaults < YAML (pipeline keys + `node:`) < env (CONVERTER_*, WSI_NODE_*) < flags. Raises ConfigError."""
+    from config.loader import config_file_from, load_batch_settings, read_config_file
+
+    environ = os.environ if environ is None else environ
+    found = config_file_from(_pre_config(argv), environ, CONFIG_ENVS)
+    section, path = {}, None
+    if found is not None:
+        path = found[0]
+        section = node_section(read_config_file(*found), path)
+    base, node_sources = layered_node_values(section, path, environ)
+    node_args, rest = _node_parser(base).parse_known_args(argv)
+    typed = vars(_node_parser(base, cli_only=True).parse_known_args(argv)[0])
+    for opt in NODE_OPTIONS:
+        if opt.kind == "list" and opt.field not in MERGED_LISTS and getattr(node_args, opt.field) is None:
+            setattr(node_args, opt.field, list(base[opt.field]))
+        if opt.field in typed:
+            node_sources[opt.field] = "cli" if opt.field not in MERGED_LISTS or node_sources[opt.field] == "default" \
+                else f"{node_sources[opt.field]}+cli"
+    settings, batch_sources = load_batch_settings(rest, environ, config_envs=CONFIG_ENVS)
+    data = Path(node_args.data)
+    defaults = {k: data / v for k, v in DATA_DEFAULTS.items() if batch_sources.get(k) == "default"}
+    for k in defaults:
+        batch_sources[k] = f"default (under data {data})"
+    settings = dataclasses.replace(settings, **defaults)
+    return Effective(settings, batch_sources, node_args, node_sources, path)
 
 
 def _secret_lines(path: str, option: str) -> list[str]:
@@ -109,28 +164,26 @@ def _http_settings(a: argparse.Namespace):
 
 
 def run_serve(argv: list[str]) -> int:
-    from config.loader import build_batch_parser, load_batch_settings, validate_batch_settings
+    from config.loader import build_batch_parser, validate_batch_settings
     from converter.logging_setup import setup_logging
     from scp.dimse import DimseSettings
     from scp.node import NodeSettings, serve
 
-    node_parser = _node_parser()
     if "-h" in argv or "--help" in argv:
-        parser = argparse.ArgumentParser(prog="wsi-node serve", parents=[node_parser, build_batch_parser()], add_help=True,
+        parser = argparse.ArgumentParser(prog="wsi-node serve", parents=[_node_parser(), build_batch_parser()], add_help=True,
                                          conflict_handler="resolve",
-                                         description="Run the node: DICOM C-STORE/C-ECHO receiver, DICOMweb STOW-RS receiver, completeness tracker, inbox pipeline and workers.")
+                                         description="Run the node: DICOM C-STORE/C-ECHO receiver, DICOMweb STOW-RS receiver, completeness tracker, inbox pipeline and workers.",
+                                         epilog="Settings: defaults < YAML file (--config, WSI_NODE_CONFIG or CONVERTER_CONFIG; node keys under `node:`)"
+                                                " < environment < flags. `wsi-node config show` prints them with their origin.")
         parser.print_help()
         return 0
-    node_args, rest = node_parser.parse_known_args(argv)
     try:
-        settings, sources = load_batch_settings(rest)
-        data = Path(node_args.data)
-        defaults = {k: data / v for k, v in DATA_DEFAULTS.items() if sources.get(k) == "default"}
-        settings = dataclasses.replace(settings, **defaults)
-        if sources.get("inbox") == "default":
+        eff = effective_settings(argv)
+        settings, sources, node_args = eff.batch, eff.batch_sources, eff.node
+        if sources.get("inbox", "").startswith("default"):
             Path(settings.inbox).mkdir(parents=True, exist_ok=True)
         setup_logging(settings.log_format)
-        for line in validate_batch_settings(settings, sources=sources):
+        for line in validate_batch_settings(settings, sources={k: ("default" if v.startswith("default") else v) for k, v in sources.items()}):
             log.info("%s", line)
         peers: dict[str, tuple[str, ...]] = {}
         for pair in node_args.allowed_peer:
@@ -157,13 +210,30 @@ def run_serve(argv: list[str]) -> int:
     return serve(NodeSettings(settings, dimse, node_args.disk_reserve_mb, node_args.settle, node_args.quiet_period, http))
 
 
+def run_config(argv: list[str]) -> int:
+    from config.check import run_check, run_show
+
+    parser = argparse.ArgumentParser(prog="wsi-node config", description="Check or show the settings `wsi-node serve` would use.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    for name, text in (("check", "validate: keys, types, folders, ports, TLS files (exit 0 valid, 2 not)"),
+                       ("show", "print each effective setting and where it came from (default, file, environment, flag)")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("file", nargs="?", help="YAML config file (default: WSI_NODE_CONFIG or CONVERTER_CONFIG, if set)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run_check(args.file) if args.action == "check" else run_show(args.file)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "serve":
         return run_serve(argv[1:])
+    if argv and argv[0] == "config":
+        return run_config(argv[1:])
     parser = argparse.ArgumentParser(prog="wsi-node", description="DICOM receiving node for digital pathology.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the node (DICOM receiver, tracker, inbox pipeline, workers)", add_help=False)
+    sub.add_parser("config", help="check or show the configuration of `wsi-node serve`", add_help=False)
     convert_cli.build_parser(sub.add_parser("convert", help="convert DICOM WSI series to pyramidal TIFF"))
     demo = sub.add_parser("demo", help="generate a synthetic slide and convert it (a first look, no network)")
     demo.add_argument("--data", default="data", help="data folder [%(default)s]")

@@ -18,6 +18,7 @@ import queue
 import signal
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from converter.pipeline import InboxPipeline
 from converter.tracker import Tracker
 from scp.dimse import DimseReceiver, DimseSettings
 from scp.http import HttpServer
+from scp.monitor import Monitor, NodeMetrics, node_version
 from scp.storage import InstanceStore, StoreResult
 from scp.stow import HttpSettings, StowReceiver
 
@@ -57,21 +59,39 @@ class Node:
         self.executor = make_executor(p.max_concurrent, start_method="forkserver")
         self.pipeline = InboxPipeline(p, self.executor, tracker=self.tracker)
         self.pipeline.on_job_done = self.wake.set
-        self.dimse = DimseReceiver(settings.dimse, self.store, self._stored, self._closed)
+        self.version = node_version()
+        self.metrics = NodeMetrics(self.version, settings.dimse.ae_title)
+        self.pipeline.on_job_finished = self.metrics.job_finished
+        self.dimse = DimseReceiver(settings.dimse, self.store, lambda r, a: self._stored(r, a, "dimse"), self._closed)
         self.http: HttpServer | None = None
         if settings.http is not None:
             h = settings.http
-            self.stow = StowReceiver(h, self.store, self._stored, self._closed)
+            self.stow = StowReceiver(h, self.store, lambda r, a: self._stored(r, a, "stow"), self._closed)
+            self.monitor = Monitor(self)
+            # STOW-RS authenticates in its own endpoint: the operations routes are open (read-only, no patient data).
+            self.stow.app.router.routes.extend(self.monitor.routes)
             self.http = HttpServer(self.stow.app, h.bind, h.port, h.tls_cert, h.tls_key, h.graceful_seconds)
 
     # receiver threads
-    def _stored(self, result: StoreResult, association: str) -> None:
+    def _stored(self, result: StoreResult, association: str, protocol: str = "dimse") -> None:
         self.events.put(("stored", result, association, time.time()))
         self.wake.set()
+        try:
+            size = result.path.stat().st_size if result.path is not None else 0
+        except OSError:
+            size = 0
+        self.metrics.stored(protocol, association, size)
 
     def _closed(self, association: str) -> None:
         self.events.put(("closed", association))
         self.wake.set()
+
+    def query(self, fn: Callable[["Node"], Any], timeout: float = 5.0) -> Any:
+        """Run `fn(node)` on the main loop (which alone touches the tracker and the state database); any thread."""
+        future: Future = Future()
+        self.events.put(("query", fn, future))
+        self.wake.set()
+        return future.result(timeout)
 
     # main loop
     def _drain(self) -> None:
@@ -88,6 +108,13 @@ class Node:
                     self.pipeline.register_received(result.instance)
             elif event[0] == "closed":
                 self.tracker.on_association_closed(event[1])
+            elif event[0] == "query":
+                _, fn, future = event
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn(self))
+                    except BaseException as exc:  # handed to the asking thread
+                        future.set_exception(exc)
 
     def start(self) -> None:
         removed = self.store.clean_incoming()

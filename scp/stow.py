@@ -408,7 +408,7 @@ class StowReceiver:
                 self._challenge(response)
             return response
         peer = f"STOW{'/' + user if user else ''}@{client.rsplit(':', 1)[0]}"
-        key = f"STOW@{client}#{next(self._ids)}"
+        key = f"STOW{'/' + user if user else ''}@{client}#{next(self._ids)}"
         body = StowRequest(self, boundary, study, key, peer)
         try:
             await self._receive(request, body)
