@@ -416,7 +416,13 @@ class InboxPipeline:
             if not src.exists():
                 continue
             dest = _unique_path(archive / row.rel)
-            durable_move(src, dest)
+            try:
+                durable_move(src, dest)
+            except OSError as exc:
+                # The output is published; the original stays in the inbox and the next pass retries.
+                log.error("cannot archive %s to %s: %s; it stays in the inbox and will be retried. Fix: check the archive folder",
+                          row.rel, dest, exc)
+                continue
             self.store.move_file(row.rel, f"archive:{dest.relative_to(archive).as_posix()}", str(dest), "archived")
 
     def _quarantine_file(self, row: FileRow, reason: str) -> None:

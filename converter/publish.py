@@ -8,6 +8,7 @@ on the target side first.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -54,14 +55,16 @@ def atomic_write_text(target: Path, text: str) -> None:
 def durable_move(src: Path, target: Path) -> None:
     """Move a file so that `target` appears complete or not at all, even across filesystems."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if os.stat(src).st_dev == os.stat(target.parent).st_dev:
-            fsync_file(src)
+    if os.stat(src).st_dev == os.stat(target.parent).st_dev:
+        fsync_file(src)
+        try:
             os.replace(src, target)
             fsync_dir(target.parent)
             return
-    except FileNotFoundError:
-        raise
+        except OSError as exc:
+            # Same st_dev is not proof of one filesystem (overlayfs, bind mounts in containers).
+            if exc.errno != errno.EXDEV:
+                raise
     tmp = temp_name(target)
     with open(src, "rb") as fin, open(tmp, "wb") as fout:
         shutil.copyfileobj(fin, fout, 1 << 20)

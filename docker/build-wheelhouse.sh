@@ -1,16 +1,17 @@
 #!/bin/sh
-# On a machine with internet access: wheels of wsi-node and all its dependencies into docker/wheelhouse,
-# for the Python and platform of the image (default: CPython 3.11, manylinux x86_64). Copy the repository
-# with docker/wheelhouse to the offline machine and run docker/build.sh there.
+# On a machine with internet access: wheels of wsi-node and all its dependencies into docker/wheelhouse.
+# Run it with the same Python minor version (3.11) and CPU architecture as the image's base: pip builds
+# wheels for packages published only as source (e.g. pyvips) on this machine, so they must fit the image.
+# Copy the repository with docker/wheelhouse to the offline machine and run docker/build.sh there.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 out="$here/wheelhouse"
-python_version=${PYTHON_VERSION:-3.11}
-platform=${PLATFORM:-manylinux2014_x86_64}
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11)'; then
+    echo "use Python 3.11 (the image's version): PYTHON=/path/to/python3.11 $0" >&2
+    exit 2
+fi
 mkdir -p "$out"
-python3 -m pip wheel --no-deps --wheel-dir "$out" "$repo"
-python3 -m pip download --dest "$out" --only-binary=:all: \
-    --python-version "$python_version" --platform "$platform" --platform manylinux_2_28_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform any "$out"/wsi_node-*.whl
+"$PY" -m pip wheel --wheel-dir "$out" "$repo"
 echo "wheelhouse ready: $out ($(ls "$out" | wc -l) files)"

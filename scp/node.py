@@ -142,16 +142,22 @@ class Node:
         next_prune = time.time() + 3600
         while not self.stop_event.is_set():
             self.wake.clear()
-            self._drain()
             now = time.time()
-            due = any(self.tracker.decision(uid, now).action != "wait"
-                      for uid in self.tracker.series if uid not in self.pipeline.jobs)
-            # A due series triggers a pass at once, but at most twice a second (a series that
-            # stays due, e.g. its files were removed by hand, must not spin the loop).
-            if now >= next_scan or (due and now - last_pass >= 0.5):
-                self.pipeline.run_pass()
-                last_pass, next_scan = now, now + interval
-            self.pipeline.collect(wait=False)
+            try:
+                self._drain()
+                due = any(self.tracker.decision(uid, now).action != "wait"
+                          for uid in self.tracker.series if uid not in self.pipeline.jobs)
+                # A due series triggers a pass at once, but at most twice a second (a series that
+                # stays due, e.g. its files were removed by hand, must not spin the loop).
+                if now >= next_scan or (due and now - last_pass >= 0.5):
+                    last_pass, next_scan = now, now + interval
+                    self.pipeline.run_pass()
+                self.pipeline.collect(wait=False)
+            except Exception:
+                # The receivers keep running; a failing pass (a full disk, a folder gone) is logged and retried.
+                log.exception("the node's main loop failed; retrying in 5 s")
+                self.stop_event.wait(5)
+                continue
             if now >= next_prune:
                 self.tracker.prune(now)
                 next_prune = now + 3600
