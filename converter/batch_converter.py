@@ -17,13 +17,14 @@ import threading
 from config.errors import ConfigError
 from config.loader import load_batch_settings, validate_batch_settings
 from converter.executor import make_executor
-from converter.logging_setup import setup_logging
+from converter.logging_setup import early_log_format, setup_logging
 from converter.pipeline import InboxPipeline
 
 log = logging.getLogger("wsi_node.batch")
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_logging(early_log_format(sys.argv[1:] if argv is None else argv))
     try:
         settings, sources = load_batch_settings(argv)
         setup_logging(settings.log_format)

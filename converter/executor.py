@@ -9,6 +9,7 @@ threads: a codec crash in one slide must not take the node down.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from concurrent.futures import Executor, ProcessPoolExecutor
 
 
@@ -20,6 +21,9 @@ def make_executor(max_workers: int, start_method: str = "forkserver") -> Executo
     The one-shot CLI is single-threaded when it creates the pool and uses
     "fork", which saves re-importing the libraries (about 0.7 s) per run.
     """
+    if start_method == "fork" and threading.active_count() > 1:
+        # Forking a process that runs other threads can deadlock the child on a lock one of them held.
+        start_method = "forkserver"
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
         ctx.set_forkserver_preload(["converter.convert"])

@@ -36,3 +36,17 @@ def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     root.setLevel(level)
     logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips chatter at INFO
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per PDU otherwise; we log our own
+
+
+def early_log_format(argv: list[str], environ: dict[str, str] | None = None) -> str:
+    """The log format asked for on the command line or in the environment, before settings are loaded,
+    so that even warnings about the settings themselves come out as JSON when JSON was asked for."""
+    import os
+
+    for i, arg in enumerate(argv):
+        if arg == "--log-format" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--log-format="):
+            return arg.split("=", 1)[1]
+    value = (environ if environ is not None else os.environ).get("CONVERTER_LOG_FORMAT", "text")
+    return value if value in ("text", "json") else "text"

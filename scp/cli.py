@@ -165,7 +165,7 @@ def _http_settings(a: argparse.Namespace):
 
 def run_serve(argv: list[str]) -> int:
     from config.loader import build_batch_parser, validate_batch_settings
-    from converter.logging_setup import setup_logging
+    from converter.logging_setup import early_log_format, setup_logging
     from scp.dimse import DimseSettings
     from scp.node import NodeSettings, serve
 
@@ -177,6 +177,7 @@ def run_serve(argv: list[str]) -> int:
                                                 " < environment < flags. `wsi-node config show` prints them with their origin.")
         parser.print_help()
         return 0
+    setup_logging(early_log_format(argv))
     try:
         eff = effective_settings(argv)
         settings, sources, node_args = eff.batch, eff.batch_sources, eff.node

@@ -3,7 +3,7 @@
 # machine without registry access, the way ../shared/FIELD-NOTES.md describes: dockerd without iptables
 # or bridge (containers use --network host), a Debian base made with debootstrap and `docker import`,
 # and the offline wheelhouse. On any failure it prints why and the Docker test skips.
-# Exports DOCKER_HOST and WSI_NODE_TEST_BASE_IMAGE when it succeeds.
+# Exports DOCKER_HOST and TEST_DOCKER_BASE_IMAGE when it succeeds.
 _wsi_docker_setup() {
     local root=/var/tmp/wsi-node-docker
     command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { echo "docker-test-env: dockerd/debootstrap not installed"; return 1; }
@@ -22,7 +22,7 @@ _wsi_docker_setup() {
         tar -C "$root/rootfs" -c . | docker import - wsi-node-base:bookworm >/dev/null || return 1
     fi
     bash docker/build-wheelhouse.sh >"$root/wheelhouse.log" 2>&1 || { echo "docker-test-env: wheelhouse failed (see $root/wheelhouse.log)"; return 1; }
-    export WSI_NODE_TEST_BASE_IMAGE=wsi-node-base:bookworm
-    echo "docker-test-env: daemon at $DOCKER_HOST, base image $WSI_NODE_TEST_BASE_IMAGE"
+    export TEST_DOCKER_BASE_IMAGE=wsi-node-base:bookworm
+    echo "docker-test-env: daemon at $DOCKER_HOST, base image $TEST_DOCKER_BASE_IMAGE"
 }
-_wsi_docker_setup || unset DOCKER_HOST WSI_NODE_TEST_BASE_IMAGE
+_wsi_docker_setup || unset DOCKER_HOST TEST_DOCKER_BASE_IMAGE

@@ -61,8 +61,8 @@ def test_image_builds_runs_and_converts(tmp_path: Path) -> None:
     from tests.test_node import free_port, storescu
 
     tag = f"wsi-node-test:{int(time.time())}"
-    # Offline machines have no python:3.11-slim: WSI_NODE_TEST_BASE_IMAGE names a local base (e.g. debootstrap + docker import).
-    base = os.environ.get("WSI_NODE_TEST_BASE_IMAGE")
+    # Offline machines have no python:3.11-slim: TEST_DOCKER_BASE_IMAGE names a local base (e.g. debootstrap + docker import).
+    base = os.environ.get("TEST_DOCKER_BASE_IMAGE")
     build_args = ["--build-arg", f"BASE_IMAGE={base}"] if base else []
     subprocess.run([docker, "build", "--network", "host", *build_args, "-t", tag, str(DOCKER)], check=True, timeout=1800)
     serving = tmp_path / "serving"
@@ -97,6 +97,13 @@ def test_image_builds_runs_and_converts(tmp_path: Path) -> None:
         assert uid != "0"
         top = subprocess.run([docker, "top", name, "-o", "pid,uid,comm"], capture_output=True, text=True, check=True).stdout
         assert all(line.split()[1] != "0" for line in top.splitlines()[1:]), top  # no process runs as root
+        # docker stop sends SIGTERM to PID 1 (wsi-node itself): it must finish and exit 0, not be killed.
+        subprocess.run([docker, "stop", "-t", "60", name], check=True, timeout=120)
+        state = subprocess.run([docker, "inspect", "-f", "{{.State.ExitCode}} {{.State.OOMKilled}}", name],
+                               capture_output=True, text=True, check=True).stdout.split()
+        assert state == ["0", "false"], state
+        logs = subprocess.run([docker, "logs", name], capture_output=True, text=True, check=True)
+        assert "stopped cleanly" in logs.stdout + logs.stderr
     finally:
         subprocess.run([docker, "stop", "-t", "60", name], check=False, timeout=120)
         subprocess.run([docker, "rm", "-f", name], check=False, timeout=60)
