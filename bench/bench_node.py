@@ -65,7 +65,7 @@ import pydicom
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from converter.synthetic import SlideSpec, write_series  # noqa: E402
+from converter.testkit.synthetic import SlideSpec, write_series  # noqa: E402
 
 STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"

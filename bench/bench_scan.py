@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from config.settings import BatchSettings, ConversionOptions  # noqa: E402
-from converter.convert import convert_series  # noqa: E402
-from converter.discover import discover  # noqa: E402
-from converter.pipeline import InboxPipeline, walk_inbox  # noqa: E402
-from converter.synthetic import SlideSpec, write_series  # noqa: E402
+from converter.conversion.convert import convert_series  # noqa: E402
+from converter.source.discover import discover  # noqa: E402
+from converter.inbox.pipeline import InboxPipeline, walk_inbox  # noqa: E402
+from converter.testkit.synthetic import SlideSpec, write_series  # noqa: E402
 
 
 class NeverExecutor:

@@ -15,7 +15,7 @@ from typing import Any
 from config.errors import ConfigError
 from config.loader import CONFIG_ENV
 from config.node_options import MERGED_LISTS, NODE_CONFIG_ENV, NODE_OPTIONS, layered_node_values, node_section
-from converter import cli as convert_cli
+from converter.cli import convert as convert_cli
 
 log = logging.getLogger("wsi_node")
 
@@ -165,7 +165,7 @@ def _http_settings(a: argparse.Namespace):
 
 def run_serve(argv: list[str]) -> int:
     from config.loader import build_batch_parser, validate_batch_settings
-    from converter.logging_setup import early_log_format, setup_logging
+    from converter.cli.logs import early_log_format, setup_logging
     from scp.dimse import DimseSettings
     from scp.node import NodeSettings, serve
 
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "convert":
         return convert_cli.run_convert(args)
     if args.command == "demo":
-        from converter.demo import run_demo
+        from converter.cli.demo import run_demo
 
         return run_demo(args.data)
     return 2

@@ -84,7 +84,7 @@ class NodeMetrics:
         self.bytes.labels(protocol, sender).inc(size)
 
     def job_finished(self, kind: str, result: Any, seconds: float) -> None:
-        from converter.report import ConversionReport
+        from converter.conversion.report import ConversionReport
 
         if kind != "series":
             return

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.settings import BatchSettings
-from converter.executor import make_executor
-from converter.pipeline import InboxPipeline
-from converter.tracker import Tracker
+from converter.executors.local import make_executor
+from converter.inbox.pipeline import InboxPipeline
+from converter.inbox.tracker import Tracker
 from scp.dimse import DimseReceiver, DimseSettings
 from scp.http import HttpServer
 from scp.monitor import Monitor, NodeMetrics, node_version

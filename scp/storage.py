@@ -23,9 +23,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from converter.instance import WsiInstance, instance_from_dataset, read_dataset_header, sop_class_name
+from converter.source.instance import WsiInstance, instance_from_dataset, read_dataset_header, sop_class_name
 from converter.errors import InputError, NotWsiError
-from converter.publish import durable_move, fsync_dir
+from converter.durable import durable_move, fsync_dir
 
 log = logging.getLogger("wsi_node.storage")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sourced by .ci/run (best effort): gives tests/test_docker.py a Docker daemon and a local base image on a
+# Sourced by .ci/run (best effort): gives tests/docker/test_docker.py a Docker daemon and a local base image on a
 # machine without registry access, the way ../shared/FIELD-NOTES.md describes: dockerd without iptables
 # or bridge (containers use --network host), a Debian base made with debootstrap and `docker import`,
 # and the offline wheelhouse. On any failure it prints why and the Docker test skips.

@@ -1,0 +1,120 @@
+"""`wsi-node convert`: DICOM WSI series in files or folders to pyramidal TIFFs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from concurrent.futures import Future, as_completed
+from pathlib import Path
+
+from config.errors import ConfigError
+from config.settings import ICC_POLICIES, LAYOUTS, MODES, BatchSettings, ConversionOptions
+from converter.conversion.convert import convert_series
+from converter.source.discover import discover, safe_name
+from converter.executors.local import make_executor
+from converter.conversion.report import ConversionReport
+
+log = logging.getLogger("wsi_node.convert")
+
+
+def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
+    """Engine options, shared with the batch converter and the node."""
+    d = ConversionOptions()
+    parser.add_argument("--mode", choices=MODES, default=d.mode, help="copy JPEG frames byte for byte, re-encode, or auto (copy where possible) [%(default)s]")
+    parser.add_argument("--quality", "-q", type=int, default=d.quality, help="JPEG quality 1-100 of re-encoded tiles [%(default)s]")
+    parser.add_argument("--tile-size", "-t", type=int, default=d.tile_size, help="tile size of re-encoded pyramids, a multiple of 16 [%(default)s]")
+    parser.add_argument("--layout", choices=LAYOUTS, default=d.layout, help="generic pyramidal TIFF, or Aperio-compatible svs [%(default)s]")
+    parser.add_argument("--icc", choices=ICC_POLICIES, default=d.icc, help="strip the ICC profile or keep (embed) it [%(default)s]")
+    parser.add_argument("--no-label", action="store_true", help="drop the label image (it often shows patient identity)")
+
+
+def options_from_args(args: argparse.Namespace, max_concurrent: int = 1) -> ConversionOptions:
+    """The same mapping (and thread split) as the batch converter's settings."""
+    settings = BatchSettings(mode=args.mode, quality=args.quality, tile_size=args.tile_size, layout=args.layout,
+                             icc=args.icc, no_label=args.no_label, max_concurrent=max(1, max_concurrent))
+    return settings.conversion_options()
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="wsi-node convert")
+    parser.description = "Convert DICOM whole-slide image series to pyramidal tiled TIFF, verified against the source."
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM files or folders (any names, any order, one or more series)")
+    parser.add_argument("-o", "--output", default=".", help="output folder, or a .tif/.tiff file name when the input is one series [current folder]")
+    parser.add_argument("--max-concurrent", "-c", type=int, default=2, help="series converted in parallel [%(default)s]")
+    add_conversion_arguments(parser)
+    return parser
+
+
+def _target(output: Path, series_uid: str, single: bool) -> Path:
+    if output.suffix.lower() in (".tif", ".tiff") and single:
+        return output
+    return output / f"{safe_name(series_uid)}.tiff"
+
+
+def _summary(report: ConversionReport) -> str:
+    if not report.ok:
+        return f"FAILED series {report.series_uid}: {report.error}"
+    modes = ", ".join(f"L{lv.index} {lv.action}" for lv in report.levels)
+    return f"converted series {report.series_uid} -> {report.output} ({modes}; {report.timings.get('total', 0):.1f} s)"
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    try:
+        options = options_from_args(args, args.max_concurrent)
+        if args.max_concurrent < 1:
+            raise ConfigError(f"--max-concurrent {args.max_concurrent} must be at least 1.", "Use e.g. --max-concurrent 2.")
+    except ConfigError as exc:
+        print(f"wsi-node convert: {exc}", file=sys.stderr)
+        return 2
+    found = discover(args.inputs)
+    failures = 0
+    for rej in found.rejected:
+        log.error("%s", rej.message)
+        failures += 1
+    if not found.series:
+        log.error("no whole-slide image series found in %s", ", ".join(args.inputs))
+        return 1
+    output = Path(args.output)
+    single = len(found.series) == 1
+    (output.parent if output.suffix.lower() in (".tif", ".tiff") and single else output).mkdir(parents=True, exist_ok=True)
+    reports: list[ConversionReport] = []
+    progress = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(found.series), unit="slide", desc="converting")
+    with make_executor(args.max_concurrent, start_method="fork") as pool:
+        futures: dict[Future, str] = {}
+        for uid, instances in found.series.items():
+            futures[pool.submit(convert_series, instances, _target(output, uid, single), options)] = uid
+        for fut in as_completed(futures):
+            uid = futures[fut]
+            try:
+                report = fut.result()
+            except Exception as exc:  # the worker process died (e.g. a codec crashed)
+                report = ConversionReport(series_uid=uid, study_uid="", error=f"the conversion process died: {exc!r}. Fix: report this as a bug.")
+            report.notes[:0] = found.notes.get(uid, [])
+            reports.append(report)
+            line = _summary(report)
+            if progress is not None:
+                progress.write(line)
+                progress.update(1)
+            elif report.ok:
+                log.info("%s", line)
+            else:
+                log.error("%s", line)
+            if report.ok:
+                for note in report.notes:
+                    log.info("series %s: %s", uid, note)
+    if progress is not None:
+        progress.close()
+    failures += sum(1 for r in reports if not r.ok)
+    ok = sum(1 for r in reports if r.ok)
+    log.info("%d of %d series converted and verified; %d problem(s)", ok, len(reports), failures)
+    return 0 if failures == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return run_convert(build_parser().parse_args(argv))

@@ -1,0 +1,192 @@
+"""Decoding source frames and encoding output tiles.
+
+Decoding follows the bitstream, not the DICOM label, wherever the bitstream
+says what it is (JPEG markers, JPEG 2000 multi-component transform). Output
+tiles are RGB JPEG (Adobe marker, no colour transform, no chroma
+subsampling) written by libjpeg-turbo through imagecodecs, because libvips
+8.18's rgbjpeg option mislabels subsampled YCbCr as RGB below quality 90.
+"""
+
+from __future__ import annotations
+
+import imagecodecs
+import numpy as np
+
+from converter.errors import DecodeError
+from converter.source.instance import WsiInstance
+
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+_JPEG = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
+_JPEG_LOSSLESS = {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
+_JPEG_LS = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+_J2K = {
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.92",
+    "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+}
+_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+SUPPORTED_TRANSFER_SYNTAXES = _JPEG | _JPEG_LOSSLESS | _JPEG_LS | _J2K | _NATIVE
+
+TRANSFER_SYNTAX_NAMES = {
+    "1.2.840.10008.1.2": "Implicit VR Little Endian",
+    "1.2.840.10008.1.2.1": "Explicit VR Little Endian",
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline",
+    "1.2.840.10008.1.2.4.51": "JPEG Extended",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless SV1",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS Near-Lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 Lossless",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.4.201": "HTJ2K Lossless",
+    "1.2.840.10008.1.2.4.202": "HTJ2K Lossless RPCL",
+    "1.2.840.10008.1.2.4.203": "HTJ2K",
+}
+
+
+def ts_name(uid: str) -> str:
+    return TRANSFER_SYNTAX_NAMES.get(uid, uid)
+
+
+def ycbcr_to_rgb(a: np.ndarray) -> np.ndarray:
+    """Full-range YCbCr (JFIF, DICOM YBR_FULL) to RGB."""
+    y = a[..., 0].astype(np.float32)
+    cb = a[..., 1].astype(np.float32) - 128.0
+    cr = a[..., 2].astype(np.float32) - 128.0
+    rgb = np.stack((y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb), axis=-1)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def _as_3d(a: np.ndarray) -> np.ndarray:
+    return a[..., np.newaxis] if a.ndim == 2 else a
+
+
+def _j2k_has_mct(data: bytes) -> bool:
+    """True when a J2K codestream's COD segment enables the multi-component transform."""
+    pos = data.find(b"\xff\x52")
+    return pos >= 0 and pos + 9 < len(data) and data[pos + 8] != 0
+
+
+def decode_frame(data: bytes, instance: WsiInstance, frame: int = 0) -> np.ndarray:
+    """Decode one frame to an (rows, columns, samples) uint8 array in RGB or grayscale."""
+    ts = instance.transfer_syntax
+    photometric = instance.photometric.upper()
+    try:
+        if ts in _JPEG:
+            out = imagecodecs.jpeg8_decode(data)
+        elif ts in _JPEG_LOSSLESS:
+            out = imagecodecs.ljpeg_decode(data)
+            if photometric.startswith("YBR_FULL"):
+                out = ycbcr_to_rgb(out)
+        elif ts in _JPEG_LS:
+            out = imagecodecs.jpegls_decode(data)
+            if photometric.startswith("YBR_FULL"):
+                out = ycbcr_to_rgb(out)
+        elif ts in _J2K:
+            out = imagecodecs.jpeg2k_decode(data)
+            if photometric.startswith("YBR_FULL") and out.ndim == 3 and not _j2k_has_mct(data):
+                out = ycbcr_to_rgb(out)
+        elif ts in _NATIVE:
+            spp = instance.samples_per_pixel
+            shape = (spp, instance.tile_height, instance.tile_width) if instance.planar_configuration == 1 and spp > 1 else (instance.tile_height, instance.tile_width, spp)
+            out = np.frombuffer(data, np.uint8, count=int(np.prod(shape))).reshape(shape)
+            if instance.planar_configuration == 1 and spp > 1:
+                out = np.ascontiguousarray(out.transpose(1, 2, 0))
+            if photometric == "YBR_FULL":
+                out = ycbcr_to_rgb(out)
+        else:
+            raise DecodeError(
+                f"{instance.path}: transfer syntax {ts} is not supported.",
+                "Re-export the slide as JPEG Baseline, JPEG 2000, JPEG-LS or uncompressed.",
+            )
+    except DecodeError:
+        raise
+    except Exception as exc:  # imagecodecs raises its own error types per codec
+        raise DecodeError(
+            f"{instance.path}: frame {frame + 1} ({ts_name(ts)}) cannot be decoded: {exc}.",
+            "The file is corrupt or truncated; send or copy it again.",
+        ) from exc
+    out = _as_3d(np.asarray(out))
+    if out.dtype != np.uint8:
+        raise DecodeError(
+            f"{instance.path}: frame {frame + 1} has {out.dtype.itemsize * 8}-bit samples; only 8-bit slides are supported.",
+            "Re-export the slide with 8 bits per sample.",
+        )
+    if out.shape[0] != instance.tile_height or out.shape[1] != instance.tile_width:
+        raise DecodeError(
+            f"{instance.path}: frame {frame + 1} is {out.shape[1]}x{out.shape[0]} px but the header says {instance.tile_width}x{instance.tile_height}.",
+            "The file is inconsistent; re-export the slide.",
+        )
+    return out
+
+
+def encode_tile(tile: np.ndarray, quality: int) -> bytes:
+    """Encode an (h, w, 3) RGB tile as RGB JPEG, or (h, w, 1) as grayscale JPEG."""
+    if tile.shape[2] == 1:
+        return imagecodecs.jpeg8_encode(tile[..., 0], level=quality)
+    return imagecodecs.jpeg8_encode(tile, level=quality, colorspace="RGB", outcolorspace="RGB", subsampling="444")
+
+
+TISSUE_THRESHOLD = 220
+"""A pixel is tissue when its darkest channel is below this (background is near white)."""
+
+
+def mad_per_channel(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest per-channel mean absolute difference, over tissue pixels of `b` when there are enough.
+
+    Written for speed (it runs on every re-encoded tile): uint8 arithmetic and
+    masked sums instead of boolean indexing.
+    """
+    diff = np.maximum(a, b) - np.minimum(a, b)
+    channels = b.shape[2]
+    darkest = b[..., 0]
+    for c in range(1, channels):
+        darkest = np.minimum(darkest, b[..., c])
+    mask = darkest < TISSUE_THRESHOLD
+    n = int(np.count_nonzero(mask))
+    if n < 64:
+        mask, n = None, darkest.size
+    if n == 0:
+        return 0.0
+    sums = [int(np.sum(diff[..., c], where=mask if mask is not None else True, dtype=np.uint64)) for c in range(channels)]
+    return max(sums) / n
+
+
+def encode_checked(tile: np.ndarray, quality: int, max_mad: float | None) -> tuple[bytes, int]:
+    """Encode a tile and check it against its own pixels, raising the quality until it is faithful.
+
+    JPEG at a given quality loses more on dense, high-frequency tissue (lower
+    pyramid levels especially); rather than publish a tile that differs from
+    the source by more than `max_mad`, we spend bytes on that tile only.
+    Returns the bitstream and the quality used.
+    """
+    q = quality
+    while True:
+        data = encode_tile(tile, q)
+        if max_mad is None or q >= 100:
+            return data, q
+        decoded = imagecodecs.jpeg8_decode(data)
+        if decoded.ndim == 2:
+            decoded = decoded[..., np.newaxis]
+        if mad_per_channel(decoded, tile) <= max_mad:
+            return data, q
+        q = min(100, q + 5)
+
+
+def background_tile(height: int, width: int, samples: int, value: int = 255) -> np.ndarray:
+    return np.full((height, width, samples), value, np.uint8)
+
+
+def fill_tile_like(colorspace: str, subsampling: tuple[int, int], width: int, height: int, value: int = 255) -> bytes:
+    """A background tile encoded like the copied frames, for tiles a sparse series leaves out."""
+    if colorspace == "gray":
+        return imagecodecs.jpeg8_encode(np.full((height, width), value, np.uint8), level=95)
+    tile = np.full((height, width, 3), value, np.uint8)
+    if colorspace == "RGB":
+        return imagecodecs.jpeg8_encode(tile, level=95, colorspace="RGB", outcolorspace="RGB", subsampling="444")
+    names = {(1, 1): "444", (2, 1): "422", (2, 2): "420"}
+    return imagecodecs.jpeg8_encode(tile, level=95, colorspace="RGB", outcolorspace="YCBCR", subsampling=names[subsampling])

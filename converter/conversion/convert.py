@@ -1,0 +1,398 @@
+"""Converting one series: plan, produce pixels, write, verify, publish.
+
+This is the unit of work the executor runs (one series per task), so it
+takes and returns plain picklable values and never raises: every failure
+comes back as a report with status 'failed' and a message that names the
+problem and the fix. Nothing is published unless the output was verified.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+import imagecodecs
+import numpy as np
+import tifffile
+
+from config.errors import WsiNodeError
+from config.settings import ConversionOptions
+from converter.codecs.frames import fill_tile_like, ts_name
+from converter.errors import DecodeError, OutputError, VerificationError
+from converter.source.instance import WsiInstance
+from converter.codecs.jpeg import JpegInfo, parse_jpeg
+from converter.tiff.layout import COPYABLE_SUBSAMPLING, LayoutPlan, SourceLevelFacts, plan_layout
+from converter.source.level import Level
+from converter.source.level_reader import LevelReader
+from converter.durable import atomic_write_text, fsync_and_rename
+from converter.tiff.pyramid import Cascade, TileSpool, downsample2
+from converter.conversion.report import ConversionReport, LevelReport
+from converter.source.series import Series, build_series
+from converter.tiff.writer import AssociatedImage, TiffLevel, aperio_description, write_tiff
+from converter.tiff.verify import verify_tiff
+
+log = logging.getLogger("wsi_node.convert")
+
+THUMBNAIL_MAX = 1024
+
+
+class _CopyMismatch(Exception):
+    def __init__(self, level: int, reason: str) -> None:
+        super().__init__(reason)
+        self.level = level
+        self.reason = reason
+
+
+def _copy_facts(level: Level, reader: LevelReader) -> tuple[SourceLevelFacts, JpegInfo | None]:
+    blocker: str | None = None
+    info: JpegInfo | None = None
+    tw, th = level.tile_width, level.tile_height
+    if not level.is_jpeg_baseline:
+        blocker = f"frames are {ts_name(level.transfer_syntax)}, not JPEG Baseline"
+    elif tw % 16 or th % 16:
+        blocker = f"{tw}x{th} frames are not a multiple of 16 px, which TIFF tiles must be"
+    elif level.first.bits_allocated != 8:
+        blocker = f"{level.first.bits_allocated}-bit samples"
+    else:
+        first = next(iter(sorted(level.tile_index.frames)), None)
+        data = reader.frame_bytes(*first) if first is not None else None
+        if data is None:
+            blocker = "the level has no frames"
+        else:
+            try:
+                info = parse_jpeg(data)
+            except ValueError as exc:
+                blocker = f"first frame is not a readable JPEG bitstream ({exc})"
+            else:
+                if not info.baseline:
+                    blocker = "frames are not baseline (SOF0) JPEG"
+                elif (info.width, info.height) != (tw, th):
+                    blocker = f"JPEG frames are {info.width}x{info.height}, the header says {tw}x{th}"
+                elif info.colorspace not in ("YCbCr", "RGB", "gray"):
+                    blocker = f"JPEG frames have {info.components} components"
+                elif info.subsampling not in COPYABLE_SUBSAMPLING:
+                    blocker = f"chroma subsampling {info.subsampling} cannot be tagged in TIFF"
+                elif tw % (8 * max(info.subsampling)) or th % (8 * max(info.subsampling)):
+                    blocker = f"{tw}x{th} tiles are not a multiple of the JPEG MCU size"
+    facts = SourceLevelFacts(level.width, level.height, tw, th, blocker, reader.frame_sizes())
+    return facts, info
+
+
+def _spacing(series: Series, width: int, height: int) -> tuple[float, float] | None:
+    base = series.base
+    if base.pixel_spacing is None:
+        return None
+    row_mm, col_mm = base.pixel_spacing
+    return row_mm * base.height / height, col_mm * base.width / width
+
+
+class _CopiedTiles:
+    """Re-iterable tiles of a copied level (the TIFF writer and the thumbnail maker both read them)."""
+
+    def __init__(self, index: int, level: Level, reader: LevelReader, info: JpegInfo, fill: bytes) -> None:
+        self.args = (index, level, reader, info, fill)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return _copy_tiles(*self.args)
+
+
+def _copy_tiles(index: int, level: Level, reader: LevelReader, info: JpegInfo, fill: bytes) -> Iterator[bytes]:
+    ti = level.tile_index
+    for row in range(ti.tiles_down):
+        for col in range(ti.tiles_across):
+            data = reader.frame_bytes(col, row)
+            if data is None:
+                yield fill
+                continue
+            if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+                ref = ti.frames[(col, row)]
+                raise DecodeError(
+                    f"{level.instances[ref.instance].path}: frame {ref.frame + 1} is not a complete JPEG bitstream (no end-of-image marker); the file is corrupt or truncated.",
+                    "Send or copy the file again; if it persists, re-export the slide from the scanner.",
+                )
+            try:
+                got = parse_jpeg(data)
+            except ValueError as exc:
+                raise _CopyMismatch(index, f"frame at tile ({col},{row}) is not a JPEG bitstream ({exc})") from exc
+            if (got.colorspace, got.subsampling, got.width, got.height, got.baseline) != (
+                info.colorspace,
+                info.subsampling,
+                info.width,
+                info.height,
+                True,
+            ):
+                raise _CopyMismatch(index, f"frames differ in colour space or sampling (tile ({col},{row}) is {got.colorspace} {got.subsampling})")
+            yield data
+
+
+def _decode_auto(data: bytes) -> np.ndarray:
+    a = imagecodecs.jpeg8_decode(data)
+    return a if a.ndim == 3 else a[..., np.newaxis]
+
+
+def _level_image(tl: TiffLevel) -> np.ndarray:
+    """Pixels of a small output level, assembled from its encoded tiles."""
+    across = -(-tl.width // tl.tile_width)
+    rows, current = [], []
+    for data in tl.tiles:
+        current.append(_decode_auto(data))
+        if len(current) == across:
+            rows.append(np.concatenate(current, axis=1))
+            current = []
+    return np.concatenate(rows, axis=0)[: tl.height, : tl.width]
+
+
+def _instance_pixels(inst: WsiInstance, pool: ThreadPoolExecutor) -> np.ndarray:
+    with LevelReader(Level([inst]), pool) as reader:
+        return reader.region(0, 0, inst.image_width, inst.image_height)
+
+
+def _description(series: Series, plan: LayoutPlan) -> str:
+    base = series.base.first
+    lines = ["wsi-node pyramidal TIFF", f"SeriesInstanceUID={series.series_uid}", f"StudyInstanceUID={series.study_uid}"]
+    lines += [f"{k}={v}" for k, v in base.metadata.items()]
+    if base.pixel_spacing:
+        lines.append(f"MPP={base.pixel_spacing[1] * 1000:.6f}x{base.pixel_spacing[0] * 1000:.6f}")
+    lines.append("Levels=" + ",".join(f"{lv.width}x{lv.height}:{lv.action}" for lv in plan.levels))
+    return "\n".join(lines)
+
+
+def _thumbnail_from(levels: list[TiffLevel]) -> np.ndarray:
+    small = next((tl for tl in levels if max(tl.width, tl.height) <= THUMBNAIL_MAX), levels[-1])
+    image = _level_image(small)
+    while max(image.shape[:2]) > THUMBNAIL_MAX:
+        image = downsample2(image)
+    return image
+
+
+def convert_series(instances: list[WsiInstance], output: str | Path, options: ConversionOptions,
+                   notes: list[str] | None = None) -> ConversionReport:
+    """Convert one series to `output`; returns the report, never raises for bad input.
+
+    `notes` (e.g. why the slide looked incomplete) go into the report first.
+    """
+    output = Path(output)
+    first = instances[0]
+    report = ConversionReport(series_uid=first.series_uid, study_uid=first.study_uid, options=asdict(options))
+    report.source["input_sop_instance_uids"] = sorted({i.sop_instance_uid for i in instances})
+    report.notes.extend(notes or [])
+    t0 = time.monotonic()
+    work = output.parent / f".{output.name}.{os.getpid()}.work"
+    tmp = output.parent / f".{output.name}.{os.getpid()}.tmp"
+    try:
+        _convert(instances, output, options, report, work, tmp)
+        report.status = "published"
+        report.output = str(output)
+        report.timings["total"] = round(time.monotonic() - t0, 3)
+        atomic_write_text(sidecar_path(output), report.to_json())
+    except WsiNodeError as exc:
+        report.error = str(exc)
+    except _CopyMismatch as exc:
+        report.error = f"series {first.series_uid}: level {exc.level}: {exc.reason}"
+    except Exception as exc:  # a bug or an unexpected library failure: still a clear, per-series failure
+        log.exception("conversion of series %s failed unexpectedly", first.series_uid)
+        report.error = f"series {first.series_uid}: unexpected {type(exc).__name__}: {exc}. Fix: report this as a bug with the sidecar JSON."
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        tmp.unlink(missing_ok=True)
+        report.timings["total"] = round(time.monotonic() - t0, 3)
+    return report
+
+
+def _convert(
+    instances: list[WsiInstance],
+    output: Path,
+    options: ConversionOptions,
+    report: ConversionReport,
+    work: Path,
+    tmp: Path,
+) -> None:
+    t = time.monotonic()
+    series = build_series(instances)
+    report.notes.extend(series.notes)
+    report.source |= {
+        "instances": [{"file": i.name, "sop_instance_uid": i.sop_instance_uid, "flavor": i.flavor} for i in series.instances],
+        "levels": [
+            {"width": lv.width, "height": lv.height, "tile": [lv.tile_width, lv.tile_height], "transfer_syntax": ts_name(lv.transfer_syntax)}
+            for lv in series.levels
+        ],
+        "metadata": series.base.first.metadata,
+    }
+    work.mkdir(parents=True, exist_ok=True)
+    blockers: dict[int, str] = {}
+    with ThreadPoolExecutor(options.threads) as pool:
+        readers = {i: LevelReader(lv, pool) for i, lv in enumerate(series.levels)}
+        try:
+            for _attempt in range(len(series.levels) + 1):
+                try:
+                    _attempt_convert(series, readers, blockers, output, options, report, work, tmp, pool, t)
+                    return
+                except _CopyMismatch as exc:
+                    if options.mode == "copy":
+                        raise
+                    report.notes.append(f"source level {exc.level}: {exc.reason}; re-encoded instead")
+                    blockers[exc.level] = exc.reason
+                    tmp.unlink(missing_ok=True)
+        finally:
+            for r in readers.values():
+                r.close()
+
+
+def encode_chains(plan: LayoutPlan, readers, work: Path, options: ConversionOptions, pool, report: ConversionReport) -> dict[int, TileSpool]:
+    """One streaming pass per chain that has anything to encode; returns the spooled tiles per output level."""
+    spools: dict[int, TileSpool] = {}
+    for chain in plan.chains():
+        head = chain[0]
+        if not any(lv.needs_pixels for lv in chain):
+            continue
+        stages = []
+        for lv in chain:
+            spool = None
+            if lv.needs_pixels:
+                spool = spools[lv.index] = TileSpool(str(work / f"level-{lv.index}.tiles"))
+            stages.append((lv.width, lv.height, spool))
+        # Encode-time target a little stricter than the verification limit, which may use a
+        # slightly different reference for deep generated levels.
+        cascade = Cascade(stages, plan.tile_width, plan.tile_height, options.quality, pool, max_mad=options.max_mad * 0.9)
+        for strip in readers[head.source].strips():
+            cascade.push(strip)
+        cascade.finish()
+        for lv, stage in zip(chain, cascade.stages):
+            if stage.spool is not None:
+                report.levels[lv.index].quality = options.quality
+            if stage.raised_quality:
+                report.levels[lv.index].tiles_quality_raised = stage.raised_quality
+                report.levels[lv.index].quality = stage.max_quality
+    return spools
+
+
+def plan_series(instances: list[WsiInstance], options: ConversionOptions) -> tuple[Series, LayoutPlan]:
+    """The plan a conversion would follow, reading headers and one frame per level only (for dry runs)."""
+    series = build_series(instances)
+    readers = {i: LevelReader(lv) for i, lv in enumerate(series.levels)}
+    try:
+        facts = [_copy_facts(lv, readers[i])[0] for i, lv in enumerate(series.levels)]
+    finally:
+        for r in readers.values():
+            r.close()
+    return series, plan_layout(facts, options.mode, options.tile_size)
+
+
+def _attempt_convert(series, readers, blockers, output, options, report, work, tmp, pool, t) -> None:
+    facts, infos = [], []
+    for i, lv in enumerate(series.levels):
+        f, info = _copy_facts(lv, readers[i])
+        if i in blockers:
+            f = SourceLevelFacts(f.width, f.height, f.tile_width, f.tile_height, blockers[i], f.encoded_bytes)
+        facts.append(f)
+        infos.append(info)
+    plan = plan_layout(facts, options.mode, options.tile_size)
+    report.notes.extend(n for n in plan.unused if n not in report.notes)
+    report.levels = [
+        LevelReport(lv.index, lv.width, lv.height, lv.action, lv.reason, lv.source) for lv in plan.levels
+    ]
+    report.timings["plan"] = round(time.monotonic() - t, 3)
+
+    t = time.monotonic()
+    samples = 1 if series.base.samples_per_pixel == 1 else 3
+    spools = encode_chains(plan, readers, work, options, pool, report)
+    report.timings["pixels"] = round(time.monotonic() - t, 3)
+
+    # Write.
+    t = time.monotonic()
+    tiff_levels: list[TiffLevel] = []
+    fills: dict[int, bytes] = {}
+    for lv in plan.levels:
+        spacing = _spacing(series, lv.width, lv.height)
+        if lv.action == "copy":
+            info = infos[lv.source]
+            fill = fills[lv.index] = fill_tile_like(info.colorspace, info.subsampling, plan.tile_width, plan.tile_height)
+            tiles = _CopiedTiles(lv.source, series.levels[lv.source], readers[lv.source], info, fill)
+            tl = TiffLevel(lv.width, lv.height, plan.tile_width, plan.tile_height, samples, tiles, info.colorspace, info.subsampling, spacing)
+        else:
+            colorspace = "gray" if samples == 1 else "RGB"
+            tl = TiffLevel(lv.width, lv.height, plan.tile_width, plan.tile_height, samples, spools[lv.index], colorspace, (1, 1), spacing)
+        tiff_levels.append(tl)
+        rep = report.levels[lv.index]
+        rep.colorspace, rep.subsampling = tl.colorspace, tl.subsampling
+        rep.tiles = -(-lv.width // plan.tile_width) * -(-lv.height // plan.tile_height)
+
+    associated: list[AssociatedImage] = []
+    for name, key in (("label", "label"), ("macro", "overview"), ("thumbnail", "thumbnail")):
+        inst = series.associated.get(key)
+        if inst is None:
+            continue
+        if name == "label" and not options.include_label:
+            report.notes.append("label image dropped (--no-label)")
+            continue
+        associated.append(AssociatedImage(name, _instance_pixels(inst, pool)))
+    if options.layout == "svs" and not any(a.name == "thumbnail" for a in associated):
+        associated.append(AssociatedImage("thumbnail", _thumbnail_from(tiff_levels)))
+    report.associated = [a.name for a in associated]
+
+    icc = series.base.first.icc_profile if options.icc == "keep" else None
+    if options.icc == "keep" and icc is None:
+        report.notes.append("--icc keep: the source has no ICC profile; none embedded")
+    svs_extra = {k: v for k, v in series.base.first.metadata.items() if k in ("Manufacturer", "ObjectiveLensPower")}
+    if "ObjectiveLensPower" in svs_extra:
+        svs_extra["AppMag"] = svs_extra.pop("ObjectiveLensPower")
+    write_verify_publish(
+        tmp, output, plan, tiff_levels, associated, readers, fills, options, report, pool_spools=spools,
+        description=_description(series, plan), svs_extra=svs_extra, icc=icc, what=f"series {series.series_uid}",
+        t_write=t,
+    )
+
+
+def write_verify_publish(tmp: Path, output: Path, plan: LayoutPlan, tiff_levels: list[TiffLevel], associated,
+                         readers, fills: dict[int, bytes], options: ConversionOptions, report: ConversionReport, *,
+                         pool_spools: dict[int, TileSpool], description: str, svs_extra: dict[str, str],
+                         icc: bytes | None, what: str, t_write: float) -> None:
+    """Write the TIFF under a temporary name, check it against the source, then give it its final name."""
+    svs_description = aperio_description(tiff_levels, options.quality, svs_extra)
+    bigtiff = plan.bigtiff
+    try:
+        pages = write_tiff(tmp, tiff_levels, associated, layout=options.layout, description=description,
+                           svs_description=svs_description, icc=icc, bigtiff=bigtiff)
+    except ValueError as exc:
+        if bigtiff or "BigTIFF" not in str(exc) and "too large" not in str(exc):
+            raise
+        report.notes.append("output exceeded 4 GB; written as BigTIFF")
+        pages = write_tiff(tmp, tiff_levels, associated, layout=options.layout, description=description,
+                           svs_description=svs_description, icc=icc, bigtiff=True)
+    sizes = _ifd_sizes(tmp)
+    for rep in report.levels:
+        rep.bytes = sizes.get(pages[f"level-{rep.index}"], 0)
+    report.timings["write"] = round(time.monotonic() - t_write, 3)
+
+    t = time.monotonic()
+    report.checks = verify_tiff(tmp, pages, plan, readers, fills, options.verify_samples, options.max_mad)
+    report.timings["verify"] = round(time.monotonic() - t, 3)
+    failed = [c for c in report.checks if not c.passed]
+    if failed:
+        details = "; ".join(f"level {c.level} ({c.action}): {c.detail}" for c in failed)
+        raise VerificationError(
+            f"{what}: the converted TIFF does not match the source ({details}); nothing was published.",
+            "Report this with the sidecar JSON; meanwhile try --mode reencode.",
+        )
+    for spool in pool_spools.values():
+        spool.close()
+    try:
+        fsync_and_rename(tmp, output)
+    except OSError as exc:
+        raise OutputError(f"cannot publish {output}: {exc}.", "Check free space and permissions of the output folder.") from exc
+
+
+def sidecar_path(output: Path) -> Path:
+    return output.with_suffix(".json")
+
+
+def _ifd_sizes(path: Path) -> dict[int, int]:
+    """Sum of tile bytes per IFD of a written TIFF, for the report."""
+    with tifffile.TiffFile(path) as tif:
+        return {i: int(sum(p.databytecounts)) for i, p in enumerate(tif.pages)}

@@ -1,0 +1,1 @@
+"""Where conversions run: concurrent.futures-style executors (a local process pool today)."""

@@ -1,0 +1,1 @@
+"""The DICOM source model (PS3.3 A.32.8 VL Whole Slide Microscopy): instances read from disk, grouped into series and pyramid levels, with frame and tile indexes and a reader that yields the frames of a level. No output side here."""

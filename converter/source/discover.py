@@ -1,0 +1,75 @@
+"""Finding DICOM instances in files and folders and grouping them into series.
+
+Only headers are read. Every file that cannot be used becomes a rejection
+with a message naming the file and the fix; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from converter.errors import InputError
+from converter.source.instance import WsiInstance, read_instance
+
+_UID_SAFE = re.compile(r"[^0-9A-Za-z._-]")
+
+
+@dataclass
+class Rejection:
+    path: str
+    message: str
+
+
+@dataclass
+class Discovery:
+    series: dict[str, list[WsiInstance]] = field(default_factory=dict)
+    rejected: list[Rejection] = field(default_factory=list)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+
+
+def iter_files(inputs: Iterable[str | Path]) -> Iterator[Path]:
+    """Files named directly, and every regular file under named folders (hidden names skipped)."""
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith("."):
+                        yield Path(root) / name
+        else:
+            yield p
+
+
+def discover(inputs: Iterable[str | Path]) -> Discovery:
+    found = Discovery()
+    by_series: dict[str, dict[str, WsiInstance]] = defaultdict(dict)
+    for path in iter_files(inputs):
+        if not path.exists():
+            found.rejected.append(Rejection(str(path), f"{path}: no such file or folder."))
+            continue
+        try:
+            inst = read_instance(path)
+        except InputError as exc:
+            found.rejected.append(Rejection(str(path), str(exc)))
+            continue
+        known = by_series[inst.series_uid]
+        if inst.sop_instance_uid in known:
+            found.notes.setdefault(inst.series_uid, []).append(
+                f"{path.name} repeats SOPInstanceUID {inst.sop_instance_uid} of {known[inst.sop_instance_uid].name}; the first copy is used"
+            )
+            continue
+        known[inst.sop_instance_uid] = inst
+    found.series = {uid: list(members.values()) for uid, members in by_series.items()}
+    return found
+
+
+def safe_name(value: str) -> str:
+    """A file-name-safe form of a UID or name: no separators, no '..', never empty."""
+    cleaned = _UID_SAFE.sub("_", value).strip("._") or "unnamed"
+    return cleaned[:200]

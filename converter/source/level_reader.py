@@ -1,0 +1,112 @@
+"""Reading a source level's frames and pixels, a tile row at a time.
+
+Memory stays bounded by one or two rows of decoded tiles whatever the slide
+size; frames are decoded in a thread pool because imagecodecs releases the
+GIL while decoding.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from converter.codecs.frames import background_tile, decode_frame
+from converter.source.frame_index import FrameIndex, build_frame_index
+from converter.source.level import Level
+
+
+class LevelReader:
+    def __init__(self, level: Level, pool: Executor | None = None, background: int = 255) -> None:
+        self.level = level
+        self.pool = pool
+        self.background = background
+        self._files: list[BinaryIO] = []
+        self._indexes: list[FrameIndex] = []
+        try:
+            for inst in level.instances:
+                fp = open(inst.path, "rb")
+                self._files.append(fp)
+                self._indexes.append(build_frame_index(inst, fp))
+        except BaseException:
+            self.close()
+            raise
+        self._row_cache: dict[int, np.ndarray] = {}
+
+    def close(self) -> None:
+        for fp in self._files:
+            fp.close()
+        self._files = []
+
+    def __enter__(self) -> "LevelReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def samples(self) -> int:
+        return 1 if self.level.samples_per_pixel == 1 else 3
+
+    def frame_bytes(self, col: int, row: int) -> bytes | None:
+        ref = self.level.tile_index.frames.get((col, row))
+        if ref is None:
+            return None
+        return self._indexes[ref.instance].read(self._files[ref.instance], ref.frame)
+
+    def frame_sizes(self) -> int:
+        return sum(ln for idx in self._indexes for rng in idx.ranges for _, ln in rng)
+
+    def _decode(self, col: int, row: int, data: bytes | None) -> np.ndarray:
+        lv = self.level
+        if data is None:
+            return background_tile(lv.tile_height, lv.tile_width, self.samples, self.background)
+        ref = lv.tile_index.frames[(col, row)]
+        return decode_frame(data, lv.instances[ref.instance], ref.frame)
+
+    def tile(self, col: int, row: int) -> np.ndarray:
+        return self._decode(col, row, self.frame_bytes(col, row))
+
+    def tile_row(self, row: int) -> np.ndarray:
+        """All tiles of one tile row, decoded and cropped to the image width."""
+        cached = self._row_cache.get(row)
+        if cached is not None:
+            return cached
+        lv = self.level
+        across = lv.tile_index.tiles_across
+        datas = [self.frame_bytes(c, row) for c in range(across)]
+        if self.pool is not None and across > 1:
+            tiles = list(self.pool.map(self._decode, range(across), [row] * across, datas))
+        else:
+            tiles = [self._decode(c, row, d) for c, d in enumerate(datas)]
+        strip = np.concatenate(tiles, axis=1)[:, : lv.width]
+        if len(self._row_cache) >= 2:
+            self._row_cache.pop(min(self._row_cache))
+        self._row_cache[row] = strip
+        return strip
+
+    def strips(self) -> Iterator[np.ndarray]:
+        """The whole level, top to bottom, one tile row of pixels at a time (full width)."""
+        lv = self.level
+        for row in range(lv.tile_index.tiles_down):
+            strip = self.tile_row(row)
+            top = row * lv.tile_height
+            yield strip[: min(lv.tile_height, lv.height - top)]
+            self._row_cache.pop(row, None)
+
+    def region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Pixels of a rectangle, clipped to the image; outside the image is background."""
+        lv = self.level
+        out = np.full((h, w, self.samples), self.background, np.uint8)
+        th, tw = lv.tile_height, lv.tile_width
+        x1, y1 = min(x + w, lv.width), min(y + h, lv.height)
+        for row in range(max(0, y // th), -(-y1 // th)):
+            for col in range(max(0, x // tw), -(-x1 // tw)):
+                tile = self.tile(col, row)
+                tx, ty = col * tw, row * th
+                sx0, sy0 = max(x, tx), max(y, ty)
+                sx1, sy1 = min(x1, tx + tw), min(y1, ty + th)
+                if sx1 > sx0 and sy1 > sy0:
+                    out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = tile[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
+        return out

@@ -1,0 +1,1 @@
+"""The TIFF output side: the layout plan (which source level becomes which TIFF level, copied or re-encoded; pure), the streaming pyramid, the tile writer (tifffile) and the verification against the source pixels."""
