@@ -9,8 +9,6 @@ problem and the fix. Nothing is published unless the output was verified.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -21,7 +19,6 @@ import imagecodecs
 import numpy as np
 import tifffile
 
-from config.errors import WsiNodeError
 from config.settings import ConversionOptions
 from converter.codecs.frames import fill_tile_like, ts_name
 from converter.errors import DecodeError, OutputError, VerificationError
@@ -30,9 +27,10 @@ from converter.codecs.jpeg import JpegInfo, parse_jpeg
 from converter.tiff.layout import COPYABLE_SUBSAMPLING, LayoutPlan, SourceLevelFacts, plan_layout
 from converter.source.level import Level
 from converter.source.level_reader import LevelReader
-from converter.durable import atomic_write_text, fsync_and_rename
+from converter.durable import fsync_and_rename
 from converter.tiff.pyramid import Cascade, TileSpool, downsample2
 from converter.conversion.report import ConversionReport, LevelReport
+from converter.conversion.run import run_conversion, sidecar_path  # noqa: F401 (sidecar_path: imported from here by the pipeline)
 from converter.source.series import Series, build_series
 from converter.tiff.writer import AssociatedImage, TiffLevel, aperio_description, write_tiff
 from converter.tiff.verify import verify_tiff
@@ -182,27 +180,14 @@ def convert_series(instances: list[WsiInstance], output: str | Path, options: Co
     report = ConversionReport(series_uid=first.series_uid, study_uid=first.study_uid, options=asdict(options))
     report.source["input_sop_instance_uids"] = sorted({i.sop_instance_uid for i in instances})
     report.notes.extend(notes or [])
-    t0 = time.monotonic()
-    work = output.parent / f".{output.name}.{os.getpid()}.work"
-    tmp = output.parent / f".{output.name}.{os.getpid()}.tmp"
-    try:
-        _convert(instances, output, options, report, work, tmp)
-        report.status = "published"
-        report.output = str(output)
-        report.timings["total"] = round(time.monotonic() - t0, 3)
-        atomic_write_text(sidecar_path(output), report.to_json())
-    except WsiNodeError as exc:
-        report.error = str(exc)
-    except _CopyMismatch as exc:
-        report.error = f"series {first.series_uid}: level {exc.level}: {exc.reason}"
-    except Exception as exc:  # a bug or an unexpected library failure: still a clear, per-series failure
+
+    def describe(exc: Exception) -> str:
+        if isinstance(exc, _CopyMismatch):
+            return f"series {first.series_uid}: level {exc.level}: {exc.reason}"
         log.exception("conversion of series %s failed unexpectedly", first.series_uid)
-        report.error = f"series {first.series_uid}: unexpected {type(exc).__name__}: {exc}. Fix: report this as a bug with the sidecar JSON."
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        tmp.unlink(missing_ok=True)
-        report.timings["total"] = round(time.monotonic() - t0, 3)
-    return report
+        return f"series {first.series_uid}: unexpected {type(exc).__name__}: {exc}. Fix: report this as a bug with the sidecar JSON."
+
+    return run_conversion(output, report, lambda work, tmp: _convert(instances, output, options, report, work, tmp), describe)
 
 
 def _convert(
@@ -386,10 +371,6 @@ def write_verify_publish(tmp: Path, output: Path, plan: LayoutPlan, tiff_levels:
         fsync_and_rename(tmp, output)
     except OSError as exc:
         raise OutputError(f"cannot publish {output}: {exc}.", "Check free space and permissions of the output folder.") from exc
-
-
-def sidecar_path(output: Path) -> Path:
-    return output.with_suffix(".json")
 
 
 def _ifd_sizes(path: Path) -> dict[int, int]:

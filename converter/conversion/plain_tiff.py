@@ -8,8 +8,6 @@ pyramid, writer and verification as for DICOM series do the rest.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -19,13 +17,12 @@ from typing import Iterator
 import numpy as np
 import pyvips
 
-from config.errors import WsiNodeError
 from config.settings import ConversionOptions
-from converter.conversion.convert import encode_chains, sidecar_path, write_verify_publish
+from converter.conversion.convert import encode_chains, write_verify_publish
 from converter.errors import InputError
 from converter.tiff.layout import SourceLevelFacts, plan_layout
-from converter.durable import atomic_write_text
 from converter.conversion.report import ConversionReport, LevelReport
+from converter.conversion.run import run_conversion
 from converter.tiff.writer import TiffLevel
 
 
@@ -75,44 +72,37 @@ class VipsReader:
 
 
 def convert_plain_tiff(src: str | Path, output: str | Path, options: ConversionOptions) -> ConversionReport:
+    """Convert the plain TIFF `src` to the pyramidal TIFF `output`; returns the report, never raises for bad input."""
     src, output = Path(src), Path(output)
     report = ConversionReport(series_uid="", study_uid="", options=asdict(options))
     report.source = {"file": src.name}
-    t0 = time.monotonic()
-    work = output.parent / f".{output.name}.{os.getpid()}.work"
-    tmp = output.parent / f".{output.name}.{os.getpid()}.tmp"
+
+    def describe(exc: Exception) -> str:
+        return f"{src}: unexpected {type(exc).__name__}: {exc}. Fix: report this as a bug."
+
+    return run_conversion(output, report, lambda work, tmp: _convert(src, output, options, report, work, tmp), describe)
+
+
+def _convert(src: Path, output: Path, options: ConversionOptions, report: ConversionReport, work: Path, tmp: Path) -> None:
     try:
-        try:
-            reader = VipsReader(src)
-        except pyvips.Error as exc:
-            raise InputError(f"{src}: libvips cannot read this TIFF ({str(exc).splitlines()[0]}).", "Check the file; re-export it from its source.") from exc
-        work.mkdir(parents=True, exist_ok=True)
-        tile = options.tile_size
-        w, h = reader.level.width, reader.level.height
-        plan = plan_layout([SourceLevelFacts(w, h, tile, tile, "plain TIFF: not tiled or not pyramidal")], "reencode", tile)
-        report.levels = [LevelReport(lv.index, lv.width, lv.height, lv.action, lv.reason, lv.source) for lv in plan.levels]
-        t = time.monotonic()
-        with ThreadPoolExecutor(options.threads) as pool:
-            spools = encode_chains(plan, {0: reader}, work, options, pool, report)
-        report.timings["pixels"] = round(time.monotonic() - t, 3)
-        colorspace = "gray" if reader.samples == 1 else "RGB"
-        levels = [TiffLevel(lv.width, lv.height, tile, tile, reader.samples, spools[lv.index], colorspace, (1, 1), None) for lv in plan.levels]
-        for rep in report.levels:
-            rep.colorspace = colorspace
-        write_verify_publish(
-            tmp, output, plan, levels, [], {0: reader}, {}, options, report, pool_spools=spools,
-            description=f"wsi-node pyramidal TIFF\nSource={src.name}", svs_extra={}, icc=None,
-            what=str(src), t_write=time.monotonic(),
-        )
-        report.status = "published"
-        report.output = str(output)
-        report.timings["total"] = round(time.monotonic() - t0, 3)
-        atomic_write_text(sidecar_path(output), report.to_json())
-    except WsiNodeError as exc:
-        report.error = str(exc)
-    except Exception as exc:
-        report.error = f"{src}: unexpected {type(exc).__name__}: {exc}. Fix: report this as a bug."
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        tmp.unlink(missing_ok=True)
-    return report
+        reader = VipsReader(src)
+    except pyvips.Error as exc:
+        raise InputError(f"{src}: libvips cannot read this TIFF ({str(exc).splitlines()[0]}).", "Check the file; re-export it from its source.") from exc
+    work.mkdir(parents=True, exist_ok=True)
+    tile = options.tile_size
+    w, h = reader.level.width, reader.level.height
+    plan = plan_layout([SourceLevelFacts(w, h, tile, tile, "plain TIFF: not tiled or not pyramidal")], "reencode", tile)
+    report.levels = [LevelReport(lv.index, lv.width, lv.height, lv.action, lv.reason, lv.source) for lv in plan.levels]
+    t = time.monotonic()
+    with ThreadPoolExecutor(options.threads) as pool:
+        spools = encode_chains(plan, {0: reader}, work, options, pool, report)
+    report.timings["pixels"] = round(time.monotonic() - t, 3)
+    colorspace = "gray" if reader.samples == 1 else "RGB"
+    levels = [TiffLevel(lv.width, lv.height, tile, tile, reader.samples, spools[lv.index], colorspace, (1, 1), None) for lv in plan.levels]
+    for rep in report.levels:
+        rep.colorspace = colorspace
+    write_verify_publish(
+        tmp, output, plan, levels, [], {0: reader}, {}, options, report, pool_spools=spools,
+        description=f"wsi-node pyramidal TIFF\nSource={src.name}", svs_extra={}, icc=None,
+        what=str(src), t_write=time.monotonic(),
+    )
