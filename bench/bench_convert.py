@@ -27,7 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from converter.testkit.synthetic import SlideSpec, render_region, write_series  # noqa: E402
+from converter.testkit import SlideSpec, render_region, write_series  # noqa: E402
 
 QUALITY = 85
 TILE = 256

@@ -34,7 +34,7 @@ from config.settings import BatchSettings, ConversionOptions  # noqa: E402
 from converter.conversion.convert import convert_series  # noqa: E402
 from converter.source.discover import discover  # noqa: E402
 from converter.inbox.pipeline import InboxPipeline, walk_inbox  # noqa: E402
-from converter.testkit.synthetic import SlideSpec, write_series  # noqa: E402
+from converter.testkit import SlideSpec, write_series  # noqa: E402
 
 
 class NeverExecutor:

@@ -13,7 +13,7 @@ from pathlib import Path
 from config.settings import ConversionOptions
 from converter.conversion.convert import convert_series
 from converter.source.discover import discover, safe_name
-from converter.testkit.synthetic import SlideSpec, write_series
+from converter.testkit import SlideSpec, write_series
 
 log = logging.getLogger("wsi_node.demo")
 

@@ -57,7 +57,7 @@ def test_image_builds_runs_and_converts(tmp_path: Path) -> None:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
-    from converter.testkit.synthetic import SlideSpec, series_uids, write_series
+    from converter.testkit import SlideSpec, series_uids, write_series
     from tests.scp.test_node import free_port, storescu
 
     tag = f"wsi-node-test:{int(time.time())}"

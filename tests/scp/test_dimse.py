@@ -5,7 +5,7 @@ from __future__ import annotations
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from converter.testkit.synthetic import SlideSpec, series_uids, write_non_wsi
+from converter.testkit import SlideSpec, series_uids, write_non_wsi
 from tests.scp.test_node import RunningNode
 
 

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pynetdicom import AE
 
-from converter.testkit.synthetic import SlideSpec, series_uids, write_series
+from converter.testkit import SlideSpec, series_uids, write_series
 from scp.dimse import WSI_STORAGE
 from tests.scp.test_node import RunningNode, free_port, pynetdicom_send
 from tests.scp.test_stow import CONTENT_TYPE, multipart

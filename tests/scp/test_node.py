@@ -17,7 +17,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from config.settings import BatchSettings
-from converter.testkit.synthetic import SlideSpec, series_uids, write_non_wsi, write_series
+from converter.testkit import SlideSpec, series_uids, write_non_wsi, write_series
 from scp.dimse import WSI_STORAGE, DimseSettings
 from scp.node import Node, NodeSettings
 from scp.stow import HttpSettings

@@ -18,7 +18,7 @@ import pytest
 import requests
 from dicomweb_client import DICOMwebClient
 
-from converter.testkit.synthetic import SlideSpec, series_uids, write_non_wsi, write_series
+from converter.testkit import SlideSpec, series_uids, write_non_wsi, write_series
 from tests.scp.test_node import RunningNode, _make_pki, assert_published, free_port
 
 BOUNDARY = "wsi-node-test-boundary"

@@ -19,7 +19,7 @@ from config.settings import ConversionOptions
 from converter.cli.batch_converter import main as batch_main
 from converter.conversion.convert import convert_series
 from converter.source.discover import discover
-from converter.testkit.synthetic import SlideSpec, render_region, series_uids, write_non_wsi, write_series
+from converter.testkit import SlideSpec, render_region, series_uids, write_non_wsi, write_series
 from tests.readers import open_large_image, open_openslide
 
 REPO = Path(__file__).resolve().parents[3]

@@ -11,7 +11,7 @@ from converter.conversion.convert import convert_series
 from converter.source.discover import discover
 from converter.source.frame_index import build_frame_index
 from converter.source.instance import read_instance
-from converter.testkit.synthetic import SlideSpec, series_uids, write_non_wsi, write_series
+from converter.testkit import SlideSpec, series_uids, write_non_wsi, write_series
 from scp.cli import main as wsi_node
 
 SMALL = dict(width=800, height=600)

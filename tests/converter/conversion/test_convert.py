@@ -10,7 +10,7 @@ import pytest
 from config.settings import ConversionOptions
 from converter.conversion.convert import convert_series
 from converter.source.discover import discover
-from converter.testkit.synthetic import SlideSpec, render_region, write_series
+from converter.testkit import SlideSpec, render_region, write_series
 from tests.readers import large_image_region, mad, open_large_image, open_openslide
 
 W, H = 1500, 1100

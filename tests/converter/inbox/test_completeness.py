@@ -32,7 +32,7 @@ from converter.inbox.completeness import (
     reaches_small_level,
 )
 from converter.source.instance import read_instance
-from converter.testkit.synthetic import SlideSpec, missing_tiles, write_series
+from converter.testkit import SlideSpec, missing_tiles, write_series
 
 # --------------------------------------------------------------------------------------------
 # Helpers

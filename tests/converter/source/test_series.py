@@ -3,7 +3,7 @@
 from converter.source.discover import discover
 from converter.source.instance import read_instance
 from converter.source.series import build_series
-from converter.testkit.synthetic import SlideSpec, write_series
+from converter.testkit import SlideSpec, write_series
 
 
 def _series(tmp_path, spec, drop=()):
