@@ -15,12 +15,12 @@ import ssl
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.sop_class import Verification
 
+from scp.events import ReceiverEvents
 from scp.storage import InstanceStore, StoreResult
 
 log = logging.getLogger("wsi_node.dimse")
@@ -87,19 +87,12 @@ def _ssl_context(s: DimseSettings) -> ssl.SSLContext | None:
 
 
 class DimseReceiver:
-    """C-STORE/C-ECHO SCP. `on_stored(result, assoc_key)` and `on_closed(assoc_key)` feed the tracker."""
+    """C-STORE/C-ECHO SCP. `events` feed the tracker, keyed by association."""
 
-    def __init__(
-        self,
-        settings: DimseSettings,
-        store: InstanceStore,
-        on_stored: Callable[[StoreResult, str], None] = lambda r, a: None,
-        on_closed: Callable[[str], None] = lambda a: None,
-    ) -> None:
+    def __init__(self, settings: DimseSettings, store: InstanceStore, events: ReceiverEvents = ReceiverEvents()) -> None:
         self.s = settings
         self.store = store
-        self.on_stored = on_stored
-        self.on_closed = on_closed
+        self.events = events
         self.server = None
         # Chunked receive writes each dataset to a NamedTemporaryFile. Put those on the inbox's
         # filesystem, in a folder the scanner ignores, so the final placement is an atomic rename.
@@ -178,7 +171,7 @@ class DimseReceiver:
         log.warning("association from %s at %s rejected (called AE %s)", a.requestor.ae_title, a.requestor.address, a.acceptor.ae_title)
 
     def _handle_closed(self, event) -> None:
-        self.on_closed(self._key(event))
+        self.events.on_closed(self._key(event))
 
     def _handle_echo(self, event) -> int:
         log.info("C-ECHO from %s at %s", event.assoc.requestor.ae_title, event.assoc.requestor.address)
@@ -195,7 +188,7 @@ class DimseReceiver:
         status.Status = STATUS[result.status]
         if result.ok:
             log.info("stored %s from %s (%s)", result.sop_instance_uid, peer, result.status)
-            self.on_stored(result, self._key(event))
+            self.events.on_stored(result, self._key(event))
         else:
             status.ErrorComment = result.message[:64]
             log.warning("C-STORE from %s refused (0x%04X): %s", peer, status.Status, result.message)

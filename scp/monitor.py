@@ -21,94 +21,58 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from scp.metrics import STATES, NodeMetrics
 from scp.storage import valid_uid
 
 if TYPE_CHECKING:
-    from scp.node import Node
+    from config.settings import BatchSettings
+    from converter.inbox.pipeline import InboxPipeline
+    from converter.inbox.tracker import Tracker
+    from scp.dimse import DimseReceiver, DimseSettings
+    from scp.http import HttpServer
+    from scp.storage import InstanceStore
 
 log = logging.getLogger("wsi_node.monitor")
 
-STATES = ("receiving", "waiting", "converting", "published", "failed")
 DB_STATES = {"pending": "waiting", "converting": "converting", "published": "published", "failed": "failed"}
 THUMBNAIL_PX = 256
 RECENT = 50
 
 
-def node_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("wsi-node")
-    except Exception:  # running from a source tree that was not installed
-        return "0+unknown"
+class _NodeSettings(Protocol):
+    dimse: DimseSettings
+    pipeline: BatchSettings
 
 
-class NodeMetrics:
-    """The node's Prometheus metrics, in a registry of its own (several nodes can share a process)."""
+class MonitoredNode(Protocol):
+    """What these endpoints read from the node (scp.node.Node satisfies it).
 
-    def __init__(self, version: str, ae_title: str) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
-        Info("wsi_node", "Version and identity of the node", registry=r).info({"version": version, "ae_title": ae_title})
-        self.instances = Counter("wsi_node_instances_received", "Instances stored, by protocol and calling AE title "
-                                 "(STOW-RS: the authenticated user, or anonymous)", ["protocol", "calling_ae"], registry=r)
-        self.bytes = Counter("wsi_node_received_bytes", "Bytes of the instances stored, by protocol and calling AE title",
-                             ["protocol", "calling_ae"], registry=r)
-        self.series = Gauge("wsi_node_series", "Series by state (tracked series, plus the state database's)", ["state"], registry=r)
-        self.conversions = Counter("wsi_node_conversions", "Finished series conversions, by result (published, failed) and mode "
-                                   "(copy: every level copied, reencode: none, auto: some)", ["result", "mode"], registry=r)
-        self.duration = Histogram("wsi_node_conversion_duration_seconds", "Conversion time of a series (sidecar timings.total)",
-                                  buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600), registry=r)
-        self.tiles = Counter("wsi_node_tiles", "Tiles written to published slides: copied byte for byte, or re-encoded",
-                             ["action"], registry=r)
-        self.queue = Gauge("wsi_node_queue_depth", "Conversion jobs submitted and not finished", registry=r)
-        self.free = Gauge("wsi_node_free_disk_bytes", "Free bytes on the inbox filesystem", registry=r)
-        self.reserve = Gauge("wsi_node_disk_reserve_bytes", "Free disk below which instances are refused", registry=r)
-        for state in STATES:
-            self.series.labels(state)
-        for action in ("copied", "reencoded"):
-            self.tiles.labels(action)
+    A Protocol, so that this module does not import scp.node, which imports this one.
+    """
 
-    def stored(self, protocol: str, association: str, size: int) -> None:
-        sender = association.split("@", 1)[0]
-        if protocol == "stow":
-            sender = sender.partition("/")[2] or "anonymous"  # key: STOW[/user]@client#n
-        self.instances.labels(protocol, sender).inc()
-        self.bytes.labels(protocol, sender).inc(size)
+    s: _NodeSettings
+    version: str
+    metrics: NodeMetrics
+    store: InstanceStore
+    dimse: DimseReceiver
+    http: HttpServer | None
+    tracker: Tracker
+    pipeline: InboxPipeline
 
-    def job_finished(self, kind: str, result: Any, seconds: float) -> None:
-        from converter.conversion.report import ConversionReport
-
-        if kind != "series":
-            return
-        report = result if isinstance(result, ConversionReport) else None
-        ok = report is not None and report.ok
-        mode = "unknown"
-        if report is not None and report.levels:
-            copied = [lv.action == "copy" for lv in report.levels]
-            mode = "copy" if all(copied) else "reencode" if not any(copied) else "auto"
-        elif report is not None:
-            mode = str(report.options.get("mode", "unknown"))
-        self.conversions.labels("published" if ok else "failed", mode).inc()
-        if report is not None:
-            self.duration.observe(report.timings.get("total", seconds))
-        else:
-            self.duration.observe(seconds)
-        if ok:
-            self.tiles.labels("copied").inc(sum(lv.tiles for lv in report.levels if lv.action == "copy"))
-            self.tiles.labels("reencoded").inc(sum(lv.tiles for lv in report.levels if lv.action != "copy"))
+    def query(self, fn: Callable[[Any], Any], timeout: float = 5.0) -> Any: ...
 
 
 # --- the main loop's view (runs on the node's main thread only) --------------------------------------
 
-def snapshot(node: "Node") -> dict[str, Any]:
+def snapshot(node: MonitoredNode) -> dict[str, Any]:
     """Series states, counts and queue depth, from the tracker and the state database."""
     tracker, pipeline, db = node.tracker, node.pipeline, node.pipeline.store
     rows: dict[str, dict[str, Any]] = {}
@@ -154,7 +118,7 @@ def snapshot(node: "Node") -> dict[str, Any]:
 # --- HTTP ---------------------------------------------------------------------------------------------
 
 class Monitor:
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: MonitoredNode) -> None:
         self.node = node
         self.version = node.version
         self._last: dict[str, Any] = {"series": [], "counts": dict.fromkeys(STATES, 0), "jobs": 0, "time": 0.0}

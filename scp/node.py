@@ -21,14 +21,17 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from config.settings import BatchSettings
 from converter.executors.local import make_executor
 from converter.inbox.pipeline import InboxPipeline
 from converter.inbox.tracker import Tracker
 from scp.dimse import DimseReceiver, DimseSettings
+from scp.events import ReceiverEvents
 from scp.http import HttpServer
-from scp.monitor import Monitor, NodeMetrics, node_version
+from scp.metrics import NodeMetrics, node_version
+from scp.monitor import Monitor
 from scp.storage import InstanceStore, StoreResult
 from scp.stow import HttpSettings, StowReceiver
 
@@ -62,11 +65,11 @@ class Node:
         self.version = node_version()
         self.metrics = NodeMetrics(self.version, settings.dimse.ae_title)
         self.pipeline.on_job_finished = self.metrics.job_finished
-        self.dimse = DimseReceiver(settings.dimse, self.store, lambda r, a: self._stored(r, a, "dimse"), self._closed)
+        self.dimse = DimseReceiver(settings.dimse, self.store, ReceiverEvents(lambda r, a: self._stored(r, a, "dimse"), self._closed))
         self.http: HttpServer | None = None
         if settings.http is not None:
             h = settings.http
-            self.stow = StowReceiver(h, self.store, lambda r, a: self._stored(r, a, "stow"), self._closed)
+            self.stow = StowReceiver(h, self.store, ReceiverEvents(lambda r, a: self._stored(r, a, "stow"), self._closed))
             self.monitor = Monitor(self)
             # STOW-RS authenticates in its own endpoint: the operations routes are open (read-only, no patient data).
             self.stow.app.router.routes.extend(self.monitor.routes)

@@ -1,19 +1,19 @@
-"""The DICOMweb receiver: STOW-RS (PS3.18 10.5) on Starlette.
+"""The DICOMweb receiver: STOW-RS (PS3.18 10.5) on Starlette; the HTTP endpoint and its settings.
 
 `POST /dicom-web/studies` and `POST /dicom-web/studies/{StudyInstanceUID}` with a
 `multipart/related; type="application/dicom"` body, sent with Content-Length or chunked.
-The body is parsed as it arrives (python-multipart's streaming MultipartParser fed from
-`request.stream()`), and every part goes straight to a temporary file in `inbox/.incoming/`
-(same filesystem as the inbox, ignored by the scanner), so memory stays bounded whatever the
-request size. A complete part is then stored exactly like a C-STORE instance
-(`InstanceStore.store_file`: validation, fsync, atomic rename, duplicates rule) and reported
-to the tracker through the same callbacks as the DIMSE receiver, with one "association" key
+This module does what happens before and around the body: authentication (bearer tokens,
+basic users), the Content-Type and size checks, free disk, and the answer. The body itself is
+fed from `request.stream()` to a StowRequest (stow_body.py), which streams every part to a
+temporary file in `inbox/.incoming/` and stores it exactly like a C-STORE instance
+(`InstanceStore.store_file`: validation, fsync, atomic rename, duplicates rule), reported to
+the tracker through the same ReceiverEvents as the DIMSE receiver, with one "association" key
 per HTTP request.
 
 Parsing and storing run in a worker thread (one chunk of about 1 MiB at a time), never on the
 event loop: a slow disk slows the sender down (TCP back-pressure), not the other requests.
-The response is the PS3.18 Annex I store instances response in `application/dicom+json`;
-request-level errors are `text/plain` with the reason.
+The response is the PS3.18 Annex I store instances response in `application/dicom+json`
+(stow_response.py); request-level errors are `text/plain` with the reason.
 """
 
 from __future__ import annotations
@@ -25,44 +25,25 @@ import hmac
 import itertools
 import json
 import logging
-import os
-import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import pydicom
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from scp.storage import InstanceStore, StoreResult, valid_uid
+from scp.events import ReceiverEvents
+from scp.storage import InstanceStore, valid_uid
+from scp.stow_body import StowRequest
+from scp.stow_response import Reject, dicom_json_response
 
 log = logging.getLogger("wsi_node.stow")
 
-# FailureReason (0008,1197) values, PS3.18 Annex I / PS3.4 storage statuses.
-OUT_OF_RESOURCES = 0xA700
-DOES_NOT_MATCH = 0xA900  # data set does not match SOP class; also: Study Instance UID does not match the URL
-CANNOT_UNDERSTAND = 0xC000  # not DICOM Part 10, unparsable, missing/invalid UIDs, part media type not application/dicom
-SOP_CLASS_NOT_SUPPORTED = 0x0122  # not a whole-slide image
-
-FAILURE = {
-    "no-space": OUT_OF_RESOURCES,
-    "error": OUT_OF_RESOURCES,
-    "invalid": CANNOT_UNDERSTAND,
-    "not-wsi": SOP_CLASS_NOT_SUPPORTED,
-}
-
 FEED_BYTES = 1 << 20  # body bytes handed to the parser thread at a time
-PREAMBLE_LIMIT = 64 << 10  # bytes searched for the first boundary (RFC 2046 allows a preamble before it)
-ROOM_CHECK_BYTES = 64 << 20  # free disk is re-checked every this many bytes of a part
 MAX_BOUNDARY = 200
-DICM_HEAD = 140  # 128-byte preamble, "DICM", and the tag and VR of the first file meta element
 
 
 @dataclass
@@ -85,245 +66,13 @@ class HttpSettings:
         return bool(self.tokens or self.users)
 
 
-class Reject(Exception):
-    """Ends a request with an HTTP error: `status`, and the reason as a text/plain body."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def dicom_json_response(referenced: list[tuple[str, str]], failed: list[tuple[str, str, int]]) -> dict:
-    """The PS3.18 Annex I store instances response: ReferencedSOPSequence and FailedSOPSequence."""
-
-    def ui(value: str) -> dict:
-        return {"vr": "UI", "Value": [value]}
-
-    body: dict = {}
-    if failed:
-        items = []
-        for sop_class, sop_uid, reason in failed:
-            item = {}
-            if sop_class:
-                item["00081150"] = ui(sop_class)
-            if sop_uid:
-                item["00081155"] = ui(sop_uid)
-            item["00081197"] = {"vr": "US", "Value": [reason]}
-            items.append(item)
-        body["00081198"] = {"vr": "SQ", "Value": items}
-    if referenced:
-        body["00081199"] = {"vr": "SQ", "Value": [{"00081150": ui(c), "00081155": ui(u)} for c, u in referenced]}
-    return body
-
-
-def _part10_head(head: bytes) -> bool:
-    """Preamble + "DICM" + a group 0002 element in explicit VR little endian, as PS3.10 requires.
-
-    Checked before anything parses the part, so garbage after a "DICM" prefix is refused without
-    being read as a data set (a random element length could make a parser allocate gigabytes).
-    """
-    return head[128:132] == b"DICM" and head[132:134] == b"\x02\x00" and head[136:138].isalpha() and head[136:138].isupper()
-
-
-class _Part:
-    """One body part on its way to a temporary file."""
-
-    def __init__(self) -> None:
-        self.headers: dict[str, str] = {}
-        self.field = bytearray()
-        self.value = bytearray()
-        self.fp = None
-        self.path: Path | None = None
-        self.head = bytearray()
-        self.written = 0
-        self.next_room_check = ROOM_CHECK_BYTES
-        self.failure: tuple[int, str] | None = None
-
-    def close(self, delete: bool) -> None:
-        if self.fp is not None:
-            self.fp.close()
-            self.fp = None
-        if delete and self.path is not None:
-            self.path.unlink(missing_ok=True)
-
-
-class StowRequest:
-    """The body of one STOW-RS request: parser callbacks, one part at a time, and the outcome.
-
-    `feed` and `finish` run in a worker thread, one call at a time.
-    """
-
-    def __init__(self, receiver: "StowReceiver", boundary: bytes, study: str | None, key: str, peer: str) -> None:
-        self.r = receiver
-        self.boundary = boundary
-        self.study = study
-        self.key = key
-        self.peer = peer
-        self.prefix: bytearray | None = bytearray()
-        self.part: _Part | None = None
-        self.ended = False
-        self.parts = 0
-        self.received = 0
-        self.referenced: list[tuple[str, str]] = []
-        self.failed: list[tuple[str, str, int]] = []
-        self.lock = threading.Lock()
-        self.parser = MultipartParser(boundary, callbacks={
-            "on_part_begin": self._part_begin,
-            "on_header_field": self._header_field,
-            "on_header_value": self._header_value,
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._part_data,
-            "on_part_end": self._part_end,
-            "on_end": self._end,
-        })
-
-    # --- feeding (worker thread) -----------------------------------------------------------------
-    def feed(self, data: bytes) -> None:
-        with self.lock:
-            if self.prefix is not None:  # still looking for the first boundary
-                self.prefix += data
-                dash = b"--" + self.boundary
-                at = 0 if self.prefix.startswith(dash) else self.prefix.find(b"\n" + dash)
-                if at < 0:
-                    if len(self.prefix) > PREAMBLE_LIMIT:
-                        raise Reject(400, "malformed multipart body: the boundary given in Content-Type does not occur in the first 64 KiB of the body")
-                    return
-                data = bytes(self.prefix[at + (1 if at else 0):])
-                self.prefix = None
-            if self.ended:
-                return  # epilogue after the closing boundary
-            try:
-                self.parser.write(data)
-            except MultipartParseError as exc:
-                raise Reject(400, f"malformed multipart body: {exc}") from None
-
-    def finish(self) -> None:
-        with self.lock:
-            if self.prefix is not None:
-                raise Reject(400, "malformed multipart body: the boundary given in Content-Type does not occur in the body")
-            if not self.ended:
-                raise Reject(400, "truncated multipart body: it ends before the closing boundary")
-
-    def discard(self) -> None:
-        """Delete the temporary file of a part that did not complete (the request failed or was cut off)."""
-        if not self.lock.acquire(blocking=False):
-            return  # a worker is still inside this request (cancelled at shutdown): clean_incoming removes it at the next start
-        try:
-            if self.part is not None:
-                self.part.close(delete=True)
-                self.part = None
-        finally:
-            self.lock.release()
-
-    # --- parser callbacks ------------------------------------------------------------------------
-    def _part_begin(self) -> None:
-        self.part = _Part()
-        self.parts += 1
-
-    def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self.part.field += data[start:end]
-
-    def _header_value(self, data: bytes, start: int, end: int) -> None:
-        self.part.value += data[start:end]
-
-    def _header_end(self) -> None:
-        p = self.part
-        p.headers[p.field.decode("latin-1").strip().lower()] = p.value.decode("latin-1").strip()
-        p.field.clear()
-        p.value.clear()
-
-    def _headers_finished(self) -> None:
-        p = self.part
-        media = parse_options_header(p.headers.get("content-type", ""))[0].decode("latin-1")
-        if media and media != "application/dicom":
-            p.failure = (CANNOT_UNDERSTAND, f"part media type {media} is not application/dicom")
-            return
-        fd, name = tempfile.mkstemp(prefix="stow-", suffix=".part", dir=self.r.store.incoming)
-        p.fp = os.fdopen(fd, "wb", buffering=1 << 20)
-        p.path = Path(name)
-
-    def _part_data(self, data: bytes, start: int, end: int) -> None:
-        p = self.part
-        if p.fp is None:
-            return  # failed part: its remaining bytes are skipped
-        chunk = memoryview(data)[start:end]
-        if len(p.head) < DICM_HEAD:
-            p.head += chunk[: DICM_HEAD - len(p.head)]
-            if len(p.head) == DICM_HEAD and not _part10_head(bytes(p.head)):
-                p.failure = (CANNOT_UNDERSTAND, "not a DICOM Part 10 file (no 128-byte preamble, DICM prefix and file meta information)")
-                p.close(delete=True)
-                return
-        p.fp.write(chunk)
-        p.written += len(chunk)
-        if p.written >= p.next_room_check:
-            p.next_room_check += ROOM_CHECK_BYTES
-            if not self.r.store.has_room():
-                p.failure = (OUT_OF_RESOURCES, "free disk space fell below the reserve while receiving")
-                p.close(delete=True)
-
-    def _part_end(self) -> None:
-        p, self.part = self.part, None
-        try:
-            p.close(delete=False)
-            if p.failure is None and p.written < DICM_HEAD:
-                p.failure = (CANNOT_UNDERSTAND, "not a DICOM Part 10 file (shorter than a preamble, DICM prefix and file meta information)")
-            if p.failure is not None:
-                self._fail("", "", *p.failure)
-            else:
-                self._store(p.path)
-        finally:
-            if p.path is not None:
-                p.path.unlink(missing_ok=True)  # consumed by a successful store; left over otherwise
-
-    def _end(self) -> None:
-        self.ended = True
-
-    # --- storing ---------------------------------------------------------------------------------
-    def _fail(self, sop_class: str, sop_uid: str, reason: int, message: str) -> None:
-        self.failed.append((sop_class, sop_uid, reason))
-        log.warning("STOW-RS from %s: part %d%s refused (0x%04X): %s", self.peer, self.parts,
-                    f" ({sop_uid})" if sop_uid else "", reason, message)
-
-    def _store(self, path: Path) -> None:
-        if self.study is not None:
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SOPClassUID", "SOPInstanceUID"])
-                study = str(ds.get("StudyInstanceUID", ""))
-            except Exception:  # unreadable: store_file below says why
-                ds, study = None, self.study
-            if study != self.study:
-                self._fail(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")), DOES_NOT_MATCH,
-                           f"Study Instance UID {study} does not match the request URL's {self.study}")
-                return
-        try:
-            result = self.r.store.store_file(path, self.peer)
-        except OSError as exc:
-            log.error("STOW-RS from %s: write failed: %s", self.peer, exc)
-            result = StoreResult("error", f"write failed: {exc}")
-        if result.ok:
-            log.info("stored %s from %s (%s)", result.sop_instance_uid, self.peer, result.status)
-            self.referenced.append((result.sop_class_uid, result.sop_instance_uid))
-            self.r.on_stored(result, self.key)
-        else:
-            self._fail(result.sop_class_uid, result.sop_instance_uid, FAILURE[result.status], result.message)
-
-
 class StowReceiver:
-    """STOW-RS endpoint. `on_stored(result, key)` and `on_closed(key)` feed the tracker, as for DIMSE."""
+    """STOW-RS endpoint. `events` feed the tracker, as for DIMSE, with one key per request."""
 
-    def __init__(
-        self,
-        settings: HttpSettings,
-        store: InstanceStore,
-        on_stored: Callable[[StoreResult, str], None] = lambda r, a: None,
-        on_closed: Callable[[str], None] = lambda a: None,
-    ) -> None:
+    def __init__(self, settings: HttpSettings, store: InstanceStore, events: ReceiverEvents = ReceiverEvents()) -> None:
         self.s = settings
         self.store = store
-        self.on_stored = on_stored
-        self.on_closed = on_closed
+        self.events = events
         self._ids = itertools.count(1)
         self.app = Starlette(routes=[
             Route("/dicom-web/studies", self.stow, methods=["POST"]),
@@ -409,7 +158,7 @@ class StowReceiver:
             return response
         peer = f"STOW{'/' + user if user else ''}@{client.rsplit(':', 1)[0]}"
         key = f"STOW{'/' + user if user else ''}@{client}#{next(self._ids)}"
-        body = StowRequest(self, boundary, study, key, peer)
+        body = StowRequest(self.store, self.events, boundary, study, key, peer)
         try:
             await self._receive(request, body)
         except ClientDisconnect:
@@ -421,7 +170,7 @@ class StowReceiver:
             return self._failed_request(body, client, 507 if full else 500, f"cannot write the received data: {exc}")
         finally:
             body.discard()
-            self.on_closed(key)
+            self.events.on_closed(key)
         if not body.referenced and not body.failed:
             return self._failed_request(body, client, 400, "the multipart body holds no part")
         status = 200 if not body.failed else 202 if body.referenced else 409
