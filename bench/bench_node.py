@@ -4,7 +4,7 @@ Usage:
     python bench/bench_node.py [--reps 3] [--series 24000x18000] [--large 20000x18000] [--work bench/out]
                                [--warm 8000x6000] [--keep-large] [--large-wait receive|publish]
 
-Two inputs, both from converter/synthetic.py:
+Two inputs, both from converter/testkit (helpers shared with bench_stow.py in bench/_common.py):
 1. "series": the JPEG Baseline series of bench_convert.py (24000x18000, q90, 256 px tiles, full
    pyramid, 8 instances, ~110 MB; cached in --work/input-24000x18000);
 2. "large": one native RGB instance (Explicit VR Little Endian, level 0 only, 20000x18000 =
@@ -50,68 +50,20 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
-import pydicom
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from _common import (  # noqa: E402
+    NODE_AE, REPO, check_stored, dcm_files, fmt, free_port, large_spec, markdown_table, med, node_process, prepare, push,
+    ratio_line, receive_cells, scp_process, scratch, series_spec, series_uid, wait_published,
+)
 
-from converter.testkit.synthetic import SlideSpec, write_series  # noqa: E402
-
-STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
-NODE_AE = "WSINODE"
-POLL = 0.02
 STORESCP_VARIANTS = {"storescp": [], "storescp +B -pdu 131072": ["+B", "-pdu", "131072"]}
-
-
-# --- inputs -------------------------------------------------------------------------------------
-def series_spec(width: int, height: int) -> SlideSpec:
-    # Same spec as bench_convert.py, so its cached input is reused.
-    return SlideSpec(width=width, height=height, tile_size=256, quality=90, icc_profile=False)
-
-
-def large_spec(width: int, height: int) -> SlideSpec:
-    return SlideSpec(width=width, height=height, tile_size=256, transfer_syntax="explicit", downsamples=(1,), icc_profile=False)
-
-
-def prepare(folder: Path, spec: SlideSpec) -> Path:
-    done = folder / ".complete"
-    if not done.exists():
-        shutil.rmtree(folder, ignore_errors=True)
-        t = time.monotonic()
-        write_series(spec, folder)  # streams frames through a side file: memory stays flat
-        done.write_text("ok")
-        print(f"generated {folder} in {time.monotonic() - t:.1f} s", file=sys.stderr)
-    return folder
-
-
-def dcm_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix == ".dcm")
-
-
-def series_uid(folder: Path) -> str:
-    uids = {str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)
-            for p in dcm_files(folder)}
-    if len(uids) != 1:
-        raise RuntimeError(f"{folder}: expected one series, found {sorted(uids)}")
-    return uids.pop()
-
-
-# --- processes ----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(port: int) -> bool:
@@ -127,173 +79,48 @@ def listening(port: int) -> bool:
     return False
 
 
-def status_kb(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def descendants(pid: int) -> list[int]:
-    parent: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-                parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                pass
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        out += kids
-        todo += kids
-    return out
-
-
-class RssPoller(threading.Thread):
-    """Peak VmRSS of one process and peak summed VmRSS of it and its descendants, every 20 ms."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.main_kb = self.tree_kb = 0
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        kids: list[int] = []
-        next_scan = 0.0
-        while not self.halt.is_set():
-            now = time.monotonic()
-            if now >= next_scan:  # the process tree changes rarely; rescan it every 200 ms
-                kids, next_scan = descendants(self.pid), now + 0.2
-            main = status_kb(self.pid, "VmRSS")
-            self.main_kb = max(self.main_kb, main)
-            self.tree_kb = max(self.tree_kb, main + sum(status_kb(k, "VmRSS") for k in kids))
-            self.halt.wait(POLL)
-
-
-def wait_for(check, timeout: float, what: str, proc: subprocess.Popen, log: Path) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what}: the SCP exited ({proc.returncode}): {log.read_text()[-2000:]}")
-        if time.monotonic() > end:
-            raise RuntimeError(f"{what}: timed out after {timeout:.0f} s: {log.read_text()[-2000:]}")
-        time.sleep(POLL)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def push(src: Path, port: int, called_ae: str) -> float:
-    """storescu wall seconds for the whole folder in one association."""
-    cmd = [STORESCU, "-R", "-xy", "+sd", "+sp", "*.dcm", "-aet", "BENCH", "-aec", called_ae, "127.0.0.1", str(port), str(src)]
-    t = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.monotonic() - t
-    if out.returncode != 0 or "E:" in out.stderr:
-        raise RuntimeError(f"storescu failed ({out.returncode}): {out.stderr[-2000:]}")
-    return wall
-
-
-def wait_published(data: Path, uid: str, since: float, timeout: float, proc: subprocess.Popen, log: Path) -> tuple[float, float]:
-    """Seconds from `since` until <uid>.tiff and .json are in serving, and the report's conversion time."""
-    tiff, report = data / "serving" / f"{uid}.tiff", data / "serving" / f"{uid}.json"
-    wait_for(lambda: tiff.exists() and report.exists(), timeout, "wsi-node publish", proc, log)
-    latency = time.monotonic() - since
-    return latency, json.loads(report.read_text())["timings"]["total"]
+def peaks(scp, hwm_kb: int) -> dict:
+    return {"rss_main": scp.poller.main_kb / 1024, "rss_tree": scp.poller.tree_kb / 1024, "hwm_main": hwm_kb / 1024}
 
 
 def run_node(src: Path, uid: str, nbytes: int, n_files: int, wait_publish: bool, timeout: float,
              warm: tuple[Path, str] | None = None) -> dict:
-    wsi = str(Path(sys.executable).parent / "wsi-node")
-    data = Path(tempfile.mkdtemp(prefix="bench-node-"))
-    log = data.parent / f"{data.name}.log"
-    port = free_port()
-    cmd = [wsi, "serve", "--bind", "127.0.0.1", "--port", str(port), "--data", str(data), "--quiet-period", "60", "--settle", "2"]
-    try:
-        # Versions with the DICOMweb STOW-RS receiver listen on HTTP too (default 0.0.0.0:8080): keep it
-        # on, as deployed, but on 127.0.0.1 and a free port (older versions ignore these variables).
-        env = dict(os.environ, WSI_NODE_HTTP_BIND="127.0.0.1", WSI_NODE_HTTP_PORT=str(free_port()))
-        with open(log, "w") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        poller = RssPoller(proc.pid)
-        try:
-            wait_for(lambda: "wsi-node ready" in log.read_text(), 60, "wsi-node start", proc, log)
-            os.sync()
-            poller.start()
+    # Versions with the DICOMweb STOW-RS receiver listen on HTTP too (default 0.0.0.0:8080): keep it
+    # on, as deployed, but on 127.0.0.1 and a free port (older versions ignore these variables).
+    env = dict(os.environ, WSI_NODE_HTTP_BIND="127.0.0.1", WSI_NODE_HTTP_PORT=str(free_port()))
+    with scratch("bench-node-") as (data, log):
+        port = free_port()
+        with node_process(data, log, port, "--quiet-period", "60", env=env) as scp:
+            scp.poller.start()
             wall = push(src, port, NODE_AE)
             done = time.monotonic()
-            stored = list((data / "inbox").rglob("*.dcm"))
-            if len(stored) != n_files:
-                raise RuntimeError(f"wsi-node stored {len(stored)} of {n_files} files: {log.read_text()[-2000:]}")
+            check_stored(data, n_files, log)
             publish = conversion = warm_publish = warm_conversion = None
             if wait_publish:
-                publish, conversion = wait_published(data, uid, done, timeout, proc, log)
+                publish, conversion = wait_published(data, uid, done, timeout, scp.proc, log)
                 if warm is not None:  # a second slide to the same node: its worker process is running by now
                     push(warm[0], port, NODE_AE)
-                    warm_publish, warm_conversion = wait_published(data, warm[1], time.monotonic(), timeout, proc, log)
-            hwm = status_kb(proc.pid, "VmHWM")
-        finally:
-            poller.halt.set()
-            stop(proc)
-        if poller.is_alive():
-            poller.join()
-        return {"wall": wall, "mbps": nbytes / 1e6 / wall, "rss_main": poller.main_kb / 1024, "rss_tree": poller.tree_kb / 1024,
-                "hwm_main": hwm / 1024, "publish": publish, "conversion": conversion,
+                    warm_publish, warm_conversion = wait_published(data, warm[1], time.monotonic(), timeout, scp.proc, log)
+            hwm = scp.hwm_kb()
+        return {"wall": wall, "mbps": nbytes / 1e6 / wall, **peaks(scp, hwm), "publish": publish, "conversion": conversion,
                 "warm_publish": warm_publish, "warm_conversion": warm_conversion}
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
-        log.unlink(missing_ok=True)
 
 
 def run_storescp(src: Path, nbytes: int, n_files: int, extra: list[str]) -> dict:
-    out = Path(tempfile.mkdtemp(prefix="bench-storescp-"))
-    log = out.parent / f"{out.name}.log"
-    port = free_port()
-    try:
-        with open(log, "w") as err:
-            proc = subprocess.Popen([STORESCP, "+xa", *extra, "-od", str(out), str(port)], stdout=err, stderr=subprocess.STDOUT)
-        poller = RssPoller(proc.pid)
-        try:
-            wait_for(lambda: listening(port), 30, "storescp start", proc, log)
-            os.sync()
-            poller.start()
+    with scratch("bench-storescp-") as (out, log):
+        port = free_port()
+        cmd = [STORESCP, "+xa", *extra, "-od", str(out), str(port)]
+        with scp_process(cmd, log, lambda: listening(port), "storescp start", timeout=30, stdout_to_log=True) as scp:
+            scp.poller.start()
             wall = push(src, port, "STORESCP")
             stored = [p for p in out.iterdir() if p.is_file()]
             if len(stored) != n_files:
                 raise RuntimeError(f"storescp stored {len(stored)} of {n_files} files: {log.read_text()[-2000:]}")
-            hwm = status_kb(proc.pid, "VmHWM")
-        finally:
-            poller.halt.set()
-            stop(proc)
-        if poller.is_alive():
-            poller.join()
-        return {"wall": wall, "mbps": nbytes / 1e6 / wall, "rss_main": poller.main_kb / 1024, "rss_tree": poller.tree_kb / 1024,
-                "hwm_main": hwm / 1024, "publish": None, "conversion": None}
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-        log.unlink(missing_ok=True)
+            hwm = scp.hwm_kb()
+        return {"wall": wall, "mbps": nbytes / 1e6 / wall, **peaks(scp, hwm), "publish": None, "conversion": None}
 
 
 # --- main ---------------------------------------------------------------------------------------
-def med(runs: list[dict], key: str) -> float | None:
-    values = [r[key] for r in runs if r[key] is not None]
-    return statistics.median(values) if values else None
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3)
@@ -357,26 +184,19 @@ def main() -> int:
     total = time.monotonic() - t_start
     (work / "results-node.json").write_text(json.dumps({"meta": meta, "runs": runs, "seconds": total}, indent=1))
 
-    print("| input | MB | files | SCP | storescu wall s (median) | MB/s (median) | peak RSS MB, SCP process (max) "
-          "| peak RSS MB, process tree (max) | VmHWM MB (max) | publish latency s (median) | conversion s (median) "
-          "| latency - conversion s (median) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for name, by_scp in runs.items():
-        m = meta[name]
         for scp, rs in by_scp.items():
-            pub, conv = med(rs, "publish"), med(rs, "conversion")
             lat = [r["publish"] - r["conversion"] for r in rs if r["publish"] is not None]
-            cells = ["" if v is None else f"{v:.2f}" for v in (pub, conv, statistics.median(lat) if lat else None)]
-            print(f"| {name} | {m['bytes'] / 1e6:.0f} | {m['files']} | {scp} | {med(rs, 'wall'):.2f} | {med(rs, 'mbps'):.0f} "
-                  f"| {max(r['rss_main'] for r in rs):.0f} | {max(r['rss_tree'] for r in rs):.0f} | {max(r['hwm_main'] for r in rs):.0f} "
-                  f"| {' | '.join(cells)} |")
+            rows.append([*receive_cells(name, meta[name], scp, rs), fmt(med(rs, "publish")), fmt(med(rs, "conversion")),
+                         fmt(statistics.median(lat) if lat else None)])
+    print(markdown_table(["input", "MB", "files", "SCP", "storescu wall s (median)", "MB/s (median)", "peak RSS MB, SCP process (max)",
+                          "peak RSS MB, process tree (max)", "VmHWM MB (max)", "publish latency s (median)", "conversion s (median)",
+                          "latency - conversion s (median)"], rows))
     print()
     for name, by_scp in runs.items():
-        node = med(by_scp["wsi-node"], "mbps")
         for scp in STORESCP_VARIANTS:
-            per_rep = [a["mbps"] / b["mbps"] for a, b in zip(by_scp["wsi-node"], by_scp[scp])]
-            print(f"- {name}: wsi-node / {scp} throughput = {node / med(by_scp[scp], 'mbps'):.2f} (per repetition: "
-                  f"{', '.join(f'{x:.2f}' for x in per_rep)})")
+            print(ratio_line(f"{name}: wsi-node / {scp} throughput", by_scp["wsi-node"], by_scp[scp]))
     for name, by_scp in runs.items():
         rs = [r for r in by_scp["wsi-node"] if r.get("warm_publish") is not None]
         if rs:

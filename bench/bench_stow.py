@@ -4,7 +4,7 @@ Usage:
     python bench/bench_stow.py [--reps 3] [--series 24000x18000] [--large 20000x18000] [--work bench/out]
                                [--variants chunked,length,cstore] [--keep-large] [--no-publish]
 
-Inputs (the same as bench_node.py, from converter/synthetic.py, helpers imported from it):
+Inputs (the same as bench_node.py, from converter/testkit; helpers shared with it in bench/_common.py):
 1. "series": the 24000x18000 JPEG Baseline series of bench_convert.py (8 instances, ~112 MB; cached in
    --work/input-24000x18000);
 2. "large": one native RGB instance (Explicit VR Little Endian, level 0 only, 20000x18000 = 1.10 GB),
@@ -33,7 +33,7 @@ Measured:
 - throughput: bytes of the .dcm files (MB = 10^6 bytes) / wall time of the sender process (curl until
   the HTTP response, storescu until its exit);
 - peak RSS during the push: VmRSS of the node process and the sum over its process tree, polled every
-  20 ms (bench_node.RssPoller), and the node's VmHWM read right after the push;
+  20 ms (bench/_common.py RssPoller), and the node's VmHWM read right after the push;
 - CPU seconds of the node process tree (utime + stime from /proc) and of the sender during the push;
 - series only (unless --no-publish): time from the end of the push until <SeriesInstanceUID>.tiff and
   .json are in <data>/serving, and the conversion time from that JSON. The large instance is a lone
@@ -50,18 +50,16 @@ import os
 import resource
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_node import (  # noqa: E402
-    NODE_AE, REPO, RssPoller, dcm_files, descendants, free_port, large_spec, prepare, push, series_spec, series_uid,
-    status_kb, stop, wait_for, wait_published,
+from _common import (  # noqa: E402
+    NODE_AE, REPO, check_stored, dcm_files, descendants, fmt, free_port, large_spec, markdown_table, med, node_process, prepare,
+    push, ratio_line, receive_cells, scratch, series_spec, series_uid, wait_published,
 )
 
 CURL = "/usr/bin/curl"
@@ -123,70 +121,49 @@ def stow(body: Path, boundary: str, http_port: int, chunked: bool, resp: Path) -
 
 
 def run(variant: str, src: Path, body: Path, boundary: str, uid: str, nbytes: int, n_files: int, publish: bool) -> dict:
-    wsi = str(Path(sys.executable).parent / "wsi-node")
-    data = Path(tempfile.mkdtemp(prefix="bench-stow-"))
-    log = data.parent / f"{data.name}.log"
-    resp = data.parent / f"{data.name}.json"
-    port, http_port = free_port(), free_port()
-    while http_port == port:
-        http_port = free_port()
-    cmd = [wsi, "serve", "--bind", "127.0.0.1", "--port", str(port), "--http-bind", "127.0.0.1",
-           "--http-port", str(http_port), "--data", str(data), "--quiet-period", "600", "--settle", "2"]
-    try:
-        with open(log, "w") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        poller = RssPoller(proc.pid)
+    with scratch("bench-stow-") as (data, log):
+        resp = data.parent / f"{data.name}.json"
+        port, http_port = free_port(), free_port()
+        while http_port == port:
+            http_port = free_port()
         try:
-            wait_for(lambda: "wsi-node ready" in log.read_text(), 60, "wsi-node start", proc, log)
-            os.sync()
-            pids = [proc.pid, *descendants(proc.pid)]
-            cpu0, sender0 = tree_cpu(pids), children_cpu()
-            poller.start()
-            if variant == "cstore":
-                wall = push(src, port, NODE_AE)
-            else:
-                wall = stow(body, boundary, http_port, variant == "chunked", resp)
-            done = time.monotonic()
-            pids = [proc.pid, *descendants(proc.pid)]
-            node_cpu, sender_cpu = tree_cpu(pids) - cpu0, children_cpu() - sender0
-            hwm = status_kb(proc.pid, "VmHWM")
-            rss_main, rss_tree = poller.main_kb, poller.tree_kb
-            if variant != "cstore":
-                # the node's own log line says how the body came in ("...; <n> bytes, chunked)")
-                want = "chunked" if variant == "chunked" else "Content-Length"
-                if f"bytes, {want})" not in log.read_text():
-                    raise RuntimeError(f"the node did not log a {want} request: {log.read_text()[-2000:]}")
-                answer = json.loads(resp.read_text())
-                refs = answer.get("00081199", {}).get("Value", [])
-                if len(refs) != n_files or "00081198" in answer:
-                    raise RuntimeError(f"STOW-RS response lists {len(refs)} of {n_files} instances: {answer}")
-            stored = list((data / "inbox").rglob("*.dcm"))
-            if len(stored) != n_files:
-                raise RuntimeError(f"wsi-node stored {len(stored)} of {n_files} files: {log.read_text()[-2000:]}")
-            latency = conversion = None
-            if publish:
-                latency, conversion = wait_published(data, uid, done, 300, proc, log)
+            with node_process(data, log, port, "--http-bind", "127.0.0.1", "--http-port", str(http_port),
+                              "--quiet-period", "600") as scp:
+                pids = [scp.proc.pid, *descendants(scp.proc.pid)]
+                cpu0, sender0 = tree_cpu(pids), children_cpu()
+                scp.poller.start()
+                if variant == "cstore":
+                    wall = push(src, port, NODE_AE)
+                else:
+                    wall = stow(body, boundary, http_port, variant == "chunked", resp)
+                done = time.monotonic()
+                pids = [scp.proc.pid, *descendants(scp.proc.pid)]
+                node_cpu, sender_cpu = tree_cpu(pids) - cpu0, children_cpu() - sender0
+                hwm = scp.hwm_kb()
+                rss_main, rss_tree = scp.poller.main_kb, scp.poller.tree_kb
+                if variant != "cstore":
+                    check_stow_response(log, resp, variant, n_files)
+                check_stored(data, n_files, log)
+                latency = conversion = None
+                if publish:
+                    latency, conversion = wait_published(data, uid, done, 300, scp.proc, log)
         finally:
-            poller.halt.set()
-            stop(proc)
-        if poller.is_alive():
-            poller.join()
+            resp.unlink(missing_ok=True)
         return {"wall": wall, "mbps": nbytes / 1e6 / wall, "rss_main": rss_main / 1024, "rss_tree": rss_tree / 1024,
                 "hwm_main": hwm / 1024, "node_cpu": node_cpu, "sender_cpu": sender_cpu,
                 "publish": latency, "conversion": conversion}
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
-        log.unlink(missing_ok=True)
-        resp.unlink(missing_ok=True)
 
 
-def med(runs: list[dict], key: str) -> float | None:
-    values = [r[key] for r in runs if r.get(key) is not None]
-    return statistics.median(values) if values else None
-
-
-def fmt(v: float | None, digits: int = 2) -> str:
-    return "" if v is None else f"{v:.{digits}f}"
+def check_stow_response(log: Path, resp: Path, variant: str, n_files: int) -> None:
+    """The node logged the framing the variant used, and its response lists every instance and no failure."""
+    # the node's own log line says how the body came in ("...; <n> bytes, chunked)")
+    want = "chunked" if variant == "chunked" else "Content-Length"
+    if f"bytes, {want})" not in log.read_text():
+        raise RuntimeError(f"the node did not log a {want} request: {log.read_text()[-2000:]}")
+    answer = json.loads(resp.read_text())
+    refs = answer.get("00081199", {}).get("Value", [])
+    if len(refs) != n_files or "00081198" in answer:
+        raise RuntimeError(f"STOW-RS response lists {len(refs)} of {n_files} instances: {answer}")
 
 
 def main() -> int:
@@ -252,16 +229,11 @@ def main() -> int:
     (work / "results-stow.json").write_text(json.dumps({"meta": meta, "runs": runs, "push_seconds": push_s,
                                                         "seconds": total}, indent=1))
 
-    print("| input | MB | files | sender | wall s (median) | MB/s (median) | node peak RSS MB, process (max) "
-          "| node peak RSS MB, tree (max) | node VmHWM MB (max) | node CPU s (median) | sender CPU s (median) "
-          "| publish latency s (median) | conversion s (median) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, by_v in runs.items():
-        m = inputs[name]
-        for v, rs in by_v.items():
-            print(f"| {name} | {m['bytes'] / 1e6:.0f} | {m['files']} | {VARIANTS[v]} | {med(rs, 'wall'):.2f} | {med(rs, 'mbps'):.0f} "
-                  f"| {max(r['rss_main'] for r in rs):.0f} | {max(r['rss_tree'] for r in rs):.0f} | {max(r['hwm_main'] for r in rs):.0f} "
-                  f"| {fmt(med(rs, 'node_cpu'))} | {fmt(med(rs, 'sender_cpu'))} | {fmt(med(rs, 'publish'))} | {fmt(med(rs, 'conversion'))} |")
+    rows = [[*receive_cells(name, inputs[name], VARIANTS[v], rs), *(fmt(med(rs, key)) for key in ("node_cpu", "sender_cpu", "publish", "conversion"))]
+            for name, by_v in runs.items() for v, rs in by_v.items()]
+    print(markdown_table(["input", "MB", "files", "sender", "wall s (median)", "MB/s (median)", "node peak RSS MB, process (max)",
+                          "node peak RSS MB, tree (max)", "node VmHWM MB (max)", "node CPU s (median)", "sender CPU s (median)",
+                          "publish latency s (median)", "conversion s (median)"], rows))
     print()
     if "cstore" in variants:
         for name, by_v in runs.items():
@@ -269,9 +241,7 @@ def main() -> int:
             for v in variants:
                 if v == "cstore":
                     continue
-                per_rep = [a["mbps"] / b["mbps"] for a, b in zip(by_v[v], base)]
-                print(f"- {name}: {VARIANTS[v]} / C-STORE throughput = {med(by_v[v], 'mbps') / med(base, 'mbps'):.2f} "
-                      f"(per repetition: {', '.join(f'{x:.2f}' for x in per_rep)})")
+                print(ratio_line(f"{name}: {VARIANTS[v]} / C-STORE throughput", by_v[v], base))
     print(f"\n(pushes {push_s:.0f} s, total {total:.0f} s for {args.reps} repetitions)")
     return 0
 
