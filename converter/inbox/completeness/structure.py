@@ -1,25 +1,6 @@
-"""When has a slide arrived? The pure rules of the series-completeness tracker.
+"""Is the series structurally complete? :func:`assess` and the per-level progress it reports.
 
-Scanners push a slide (one DICOM series: VOLUME pyramid levels, perhaps LABEL, OVERVIEW and
-THUMBNAIL) instance by instance, possibly over several associations, and nothing in DICOM
-networking says "this was the last instance of the series". The node therefore judges from the
-instances themselves whether the slide *looks* complete, and falls back on time.
-
-This module holds only the rules: no I/O, no SQLite, no clock (time is passed in). The tracker
-around it (association events, state database, wake-up timers) is the part that is hard to test;
-keeping the rules pure lets them be tested exhaustively, including with randomized arrival orders.
-
-Two steps:
-
-* :func:`assess` looks at the instances received so far (their header facts,
-  :class:`InstanceFacts`) and says whether the series is *structurally complete*, and if not, why,
-  in words an operator can act on.
-* :func:`decide` combines that with the series' activity (last arrival, open associations, last
-  conversion) and the current time into an action: wait, convert, or convert although the slide
-  looked incomplete, plus the time at which the answer could change (so the caller can schedule a
-  wake-up instead of polling).
-
-Structural completeness (see :func:`assess` for the details):
+Structural completeness:
 
 * there is at least one VOLUME level;
 * every VOLUME level has all its frames: TILED_FULL levels need tiles across x tiles down x focal
@@ -28,146 +9,21 @@ Structural completeness (see :func:`assess` for the details):
 * every concatenation has all its parts;
 * the pyramid reaches a small level (:data:`SMALL_LEVEL_PX`, :func:`reaches_small_level`).
 
-What the rules cannot see: a level that has not arrived at all, unless it is the smallest one
-(a missing level 0 while the lower levels are complete looks like a complete, smaller slide), and
-a second optical path or focal plane sent as a separate instance that declares only its own path
-or plane. Both end as an early conversion, which the re-opening rule repairs when the rest arrives.
+The verdict (:class:`Completeness`) carries, per problem, a reason an operator can act on. Pure:
+no I/O, no clock.
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-if TYPE_CHECKING:  # only for the type hint: keeps this module free of pydicom and file access
-    from converter.source.instance import WsiInstance
+from converter.inbox.completeness.facts import InstanceFacts
 
 SMALL_LEVEL_PX: Final = 1024
 """A level at most this many pixels on its longer side is "small" (see :func:`reaches_small_level`)."""
-
-DEFAULT_SETTLE_S: Final = 2.0
-"""Seconds after the last arrival before a complete series is converted (no association open)."""
-
-DEFAULT_QUIET_S: Final = 60.0
-"""Seconds without a new instance after which the series is converted whatever it looks like."""
-
-WAIT: Final = "wait"
-CONVERT: Final = "convert"
-CONVERT_INCOMPLETE: Final = "convert-incomplete"
-ACTIONS: Final = (WAIT, CONVERT, CONVERT_INCOMPLETE)
-
-
-# --------------------------------------------------------------------------------------------
-# Facts about one instance
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InstanceFacts:
-    """What the completeness rules need to know about one received instance.
-
-    A small, header-only, hashable subset of :class:`converter.source.instance.WsiInstance`, so that the
-    tracker can keep it in its state database and re-assess a series without reading any file.
-    """
-
-    sop_instance_uid: str
-    flavor: str
-    """VOLUME / LABEL / OVERVIEW / THUMBNAIL (ImageType value 3, or inferred)."""
-    image_width: int
-    """TotalPixelMatrixColumns."""
-    image_height: int
-    """TotalPixelMatrixRows."""
-    tile_width: int
-    """Columns (of one frame)."""
-    tile_height: int
-    """Rows (of one frame)."""
-    number_of_frames: int
-    dimension_organization: str | None = None
-    """TILED_FULL / TILED_SPARSE / None. None counts as TILED_FULL unless ``has_positions``."""
-    has_positions: bool = False
-    """Per-frame plane positions are present: the instance says where its frames are, so it is
-    counted like TILED_SPARSE (it holds exactly the frames it declares)."""
-    focal_planes: int = 1
-    """TotalPixelMatrixFocalPlanes."""
-    optical_paths: int = 1
-    """Number of optical paths the instance declares (OpticalPathSequence items)."""
-    concatenation_uid: str | None = None
-    in_concatenation_number: int | None = None
-    in_concatenation_total: int | None = None
-    concatenation_frame_offset: int = 0
-    """ConcatenationFrameOffsetNumber: frames of the concatenation held by earlier parts."""
-
-    def __post_init__(self) -> None:
-        """Reject impossible headers here, so the rules below never divide by zero or loop."""
-        problems = []
-        if not self.sop_instance_uid:
-            problems.append("sop_instance_uid is empty")
-        for name in ("image_width", "image_height", "tile_width", "tile_height", "number_of_frames", "focal_planes", "optical_paths"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("in_concatenation_number", "in_concatenation_total"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                problems.append(f"{name} must be >= 1 or None (got {value})")
-        if self.concatenation_frame_offset < 0:
-            problems.append(f"concatenation_frame_offset must be >= 0 (got {self.concatenation_frame_offset})")
-        if problems:
-            raise ValueError(f"InstanceFacts {self.sop_instance_uid!r}: " + "; ".join(problems))
-
-    @classmethod
-    def from_instance(cls, inst: WsiInstance) -> InstanceFacts:
-        """The facts of an instance read with :func:`converter.source.instance.read_instance`."""
-        return cls(
-            sop_instance_uid=inst.sop_instance_uid,
-            flavor=inst.flavor,
-            image_width=inst.image_width,
-            image_height=inst.image_height,
-            tile_width=inst.tile_width,
-            tile_height=inst.tile_height,
-            number_of_frames=inst.number_of_frames,
-            dimension_organization=inst.dimension_organization,
-            has_positions=inst.frame_positions is not None,
-            focal_planes=inst.focal_planes,
-            optical_paths=max(1, len(inst.optical_paths)),
-            concatenation_uid=inst.concatenation_uid,
-            in_concatenation_number=inst.in_concatenation_number,
-            in_concatenation_total=inst.in_concatenation_total,
-            concatenation_frame_offset=inst.concatenation_frame_offset,
-        )
-
-    @property
-    def is_volume(self) -> bool:
-        return self.flavor.strip().upper() == "VOLUME"
-
-    @property
-    def is_sparse(self) -> bool:
-        """Frames counted as declared: TILED_SPARSE, or explicit per-frame positions."""
-        return self.has_positions or (self.dimension_organization or "").strip().upper() == "TILED_SPARSE"
-
-    @property
-    def tiles_across(self) -> int:
-        return -(-self.image_width // self.tile_width)
-
-    @property
-    def tiles_down(self) -> int:
-        return -(-self.image_height // self.tile_height)
-
-    @property
-    def full_frames(self) -> int:
-        """Frames of the whole level if it is TILED_FULL: every tile of every plane and path."""
-        return self.tiles_across * self.tiles_down * self.focal_planes * self.optical_paths
-
-    @property
-    def fits_one_tile(self) -> bool:
-        return self.image_width <= self.tile_width and self.image_height <= self.tile_height
-
-
-# --------------------------------------------------------------------------------------------
-# Assessment
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -421,110 +277,3 @@ def assess(instances: Iterable[InstanceFacts], *, small_level_px: int = SMALL_LE
             f" (one tile, or at most {small_level_px} px on the longer side)"
         )
     return Completeness(not reasons, tuple(reasons), tuple(levels))
-
-
-# --------------------------------------------------------------------------------------------
-# Decision
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SeriesActivity:
-    """What the tracker knows about the series' traffic (times in seconds, any fixed epoch)."""
-
-    last_arrival: float
-    """Time of the newest instance."""
-    open_associations: int
-    """Associations currently sending instances of this series."""
-    converted_at: float | None = None
-    """When it was last converted (None: never)."""
-
-    def __post_init__(self) -> None:
-        """Reject NaN/infinite times and negative counts: they would silently disable the timers."""
-        if not math.isfinite(self.last_arrival):
-            raise ValueError(f"last_arrival must be a finite time (got {self.last_arrival})")
-        if self.converted_at is not None and not math.isfinite(self.converted_at):
-            raise ValueError(f"converted_at must be a finite time or None (got {self.converted_at})")
-        if self.open_associations < 0:
-            raise ValueError(f"open_associations must be >= 0 (got {self.open_associations})")
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to do with the series now, and when to ask again."""
-
-    action: str
-    """"wait", "convert" or "convert-incomplete" (convert, but report that the slide looked incomplete)."""
-    reasons: tuple[str, ...]
-    """Human-readable. For "convert-incomplete" the structural reasons come first."""
-    next_check: float | None
-    """Absolute time at which the decision could change without a new event (schedule a wake-up
-    then); None if only a new event (arrival, association end) can change it."""
-
-    def __post_init__(self) -> None:
-        if self.action not in ACTIONS:
-            raise ValueError(f"action must be one of {ACTIONS} (got {self.action!r})")
-
-
-def decide(
-    completeness: Completeness,
-    activity: SeriesActivity,
-    now: float,
-    settle: float = DEFAULT_SETTLE_S,
-    quiet: float = DEFAULT_QUIET_S,
-) -> Decision:
-    """Wait, convert, or convert although the slide looked incomplete.
-
-    * Converted, and nothing arrived since (``converted_at >= last_arrival``): wait; only a new
-      instance can change that. A series that received instances after its conversion is
-      re-opened and goes through the rules below again.
-    * Complete, no association sending, ``settle`` seconds since the last arrival: convert. The
-      settle time absorbs the last instances of a sender that opens a new association per instance.
-    * Complete but an association is still sending: wait for it to end (an event). Safety net: a
-      sender that never releases its association must not hold the slide forever, so after
-      ``quiet`` seconds without an arrival, convert anyway.
-    * Incomplete: wait until ``quiet`` seconds without an arrival, then "convert-incomplete" with the
-      reasons, whatever the associations: converting what arrived beats holding it forever, and a
-      late instance re-opens the series.
-
-    Deadlines are compared as ``now >= last_arrival + delay`` (not ``now - last_arrival >= delay``),
-    so a wake-up at exactly ``next_check`` sees the new decision despite float rounding. ``settle``
-    is capped at ``quiet``, which is by definition the longest wait.
-    """
-    if not (settle >= 0 and quiet >= 0):
-        raise ValueError(f"settle and quiet must be >= 0 seconds (got settle={settle}, quiet={quiet})")
-    last = activity.last_arrival
-    if activity.converted_at is not None and activity.converted_at >= last:
-        return Decision(WAIT, ("converted; no instance arrived since",), None)
-    notes: tuple[str, ...] = ()
-    if activity.converted_at is not None:
-        notes = ("re-opened: instances arrived after the last conversion",)
-    open_assocs = activity.open_associations
-    settle_deadline = last + min(settle, quiet)
-    quiet_deadline = last + quiet
-    quiet_over = now >= quiet_deadline
-    assoc_text = f"{open_assocs} association{'s' if open_assocs != 1 else ''} still open"
-
-    if completeness.complete:
-        if open_assocs == 0:
-            if now >= settle_deadline:
-                return Decision(CONVERT, (f"complete; nothing new for {settle:g} s and no association open",) + notes, None)
-            return Decision(WAIT, (f"complete; settling until {settle:g} s after the last arrival",) + notes, settle_deadline)
-        if quiet_over:
-            return Decision(CONVERT, (f"complete; {assoc_text} but nothing arrived for {quiet:g} s",) + notes, None)
-        return Decision(
-            WAIT,
-            (f"complete; {assoc_text}, waiting for it to end (at most {quiet:g} s after the last arrival)",) + notes,
-            quiet_deadline,
-        )
-
-    if quiet_over:
-        extra = (f"nothing arrived for {quiet:g} s",)
-        if open_assocs:
-            extra += (f"{assoc_text}",)
-        return Decision(CONVERT_INCOMPLETE, completeness.reasons + extra + notes, None)
-    return Decision(
-        WAIT,
-        (f"incomplete; waiting up to {quiet:g} s after the last arrival",) + completeness.reasons + notes,
-        quiet_deadline,
-    )
