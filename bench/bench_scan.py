@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 from config.settings import BatchSettings, ConversionOptions  # noqa: E402
 from converter.conversion.convert import convert_series  # noqa: E402
 from converter.source.discover import discover  # noqa: E402
-from converter.inbox.pipeline import InboxPipeline, walk_inbox  # noqa: E402
+from converter.inbox.pipeline import InboxPipeline  # noqa: E402
+from converter.inbox.scan import walk_inbox  # noqa: E402
 from converter.testkit import SlideSpec, write_series  # noqa: E402
 
 

@@ -14,30 +14,34 @@ Rules a pathology IT team can rely on:
   deleted;
 - state lives in SQLite, so a restart (kill -9 included) resumes without
   converting anything twice.
+
+This module runs the passes and collects the results; scanning and the settle
+rule are in converter.inbox.scan, the archive and quarantine moves in
+converter.inbox.moves, output names and the already-published check in
+converter.inbox.outputs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections import defaultdict
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 from config.settings import BatchSettings, ConversionOptions
-from converter.conversion.convert import convert_series, plan_series, sidecar_path
+from converter.conversion.convert import convert_series, plan_series
 from converter.source.discover import safe_name
-from converter.errors import InputError
-from converter.source.instance import WsiInstance, read_instance
-from converter.inbox.passthrough import check_passthrough, companion_folder, move_passthrough, passthrough_suffix
+from converter.source.instance import WsiInstance
+from converter.inbox.moves import archive_files, quarantine_file, quarantine_series, unique_path
+from converter.inbox.outputs import sidecar_matches, sop_fingerprint, target_for, unique_by_sop
+from converter.inbox.passthrough import check_passthrough, move_passthrough, passthrough_suffix
+from converter.inbox.scan import scan_inbox
 from converter.conversion.plain_tiff import convert_plain_tiff
-from converter.durable import atomic_write_text, durable_move
 from converter.conversion.report import ConversionReport
 from converter.inbox.state import FileRow, StateStore
 
@@ -45,59 +49,6 @@ if TYPE_CHECKING:
     from converter.inbox.tracker import Tracker
 
 log = logging.getLogger("wsi_node.batch")
-
-TEMP_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".filepart", ".download", ".incomplete")
-DICOM_SUFFIXES = (".dcm", ".dicom")
-
-
-def is_temporary(name: str) -> bool:
-    lower = name.lower()
-    return name.startswith(".") or name.startswith("~") or lower.endswith(TEMP_SUFFIXES)
-
-
-@dataclass
-class Entry:
-    rel: str
-    path: Path
-    size: int
-    mtime_ns: int
-
-    @property
-    def unit(self) -> str:
-        return self.rel.split("/", 1)[0]
-
-
-def walk_inbox(inbox: Path) -> Iterator[Entry]:
-    """Every non-temporary file under the inbox (MIRAX data folders are part of their .mrxs)."""
-    stack = [inbox]
-    while stack:
-        folder = stack.pop()
-        try:
-            items = list(os.scandir(folder))
-        except FileNotFoundError:
-            continue
-        names = {i.name.lower() for i in items}
-        for item in items:
-            if is_temporary(item.name):
-                continue
-            if item.is_dir(follow_symlinks=False):
-                if f"{item.name.lower()}.mrxs" in names:
-                    continue
-                stack.append(Path(item.path))
-            elif item.is_file(follow_symlinks=False):
-                st = item.stat(follow_symlinks=False)
-                path = Path(item.path)
-                yield Entry(path.relative_to(inbox).as_posix(), path, st.st_size, st.st_mtime_ns)
-
-
-def _has_dicm_marker(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fp:
-            fp.seek(128)
-            return fp.read(4) == b"DICM"
-    except OSError:
-        return False
-
 
 @dataclass
 class Job:
@@ -172,42 +123,11 @@ class InboxPipeline:
                     item.unlink(missing_ok=True)
 
     # --- scanning ---------------------------------------------------------------------------
-    def _classify(self, e: Entry) -> FileRow:
-        if passthrough_suffix(e.rel):
-            return FileRow(e.rel, str(e.path), e.size, e.mtime_ns, "passthrough", None, None, None, "pending")
-        if e.rel.lower().endswith(DICOM_SUFFIXES) or _has_dicm_marker(e.path):
-            try:
-                inst = read_instance(e.path)
-            except InputError as exc:
-                return FileRow(e.rel, str(e.path), e.size, e.mtime_ns, "rejected", None, None, str(exc), "pending")
-            return FileRow(e.rel, str(e.path), e.size, e.mtime_ns, "dicom", inst.series_uid, inst, None, "pending")
-        reason = f"{e.path}: not DICOM and not a known slide format (.svs .ndpi .mrxs .scn .czi .tif .tiff .ome.tif)."
-        return FileRow(e.rel, str(e.path), e.size, e.mtime_ns, "rejected", None, None, reason + " Fix: remove it from the inbox.", "pending")
-
     def scan(self) -> tuple[list[FileRow], set[str]]:
-        """Settled files (classified, headers cached) and the drop units still being written."""
-        now_ns = int(self.clock() * 1e9)
-        settle_ns = int(self.s.settle_seconds * 1e9)
-        known = self.store.files()
-        rows: list[FileRow] = []
-        unsettled: set[str] = set()
+        """Settled files (classified, headers cached) and the drop units still being written (rules: converter.inbox.scan)."""
+        now = self.clock()
         busy = {rel for job in self.jobs.values() for rel in job.rels}
-        for e in walk_inbox(Path(self.s.inbox)):
-            if e.rel in busy:
-                continue
-            row = known.get(e.rel)
-            same = row is not None and (row.size, row.mtime_ns) == (e.size, e.mtime_ns)
-            received = same and row.kind == "dicom" and self.tracker is not None and self.tracker.tracks(row.series_uid)
-            if now_ns - e.mtime_ns < settle_ns and not received:
-                # Received instances are written atomically and their series' readiness is the
-                # tracker's to decide; everything else waits until it has settled.
-                unsettled.add(e.unit)
-                continue
-            if not same:
-                row = self._classify(e)
-                self.store.put_file(row.rel, row.location, row.size, row.mtime_ns, row.kind, row.series_uid, row.header, row.reason)
-            rows.append(row)
-        return rows, unsettled
+        return scan_inbox(Path(self.s.inbox), self.store, now, self.s.settle_seconds, busy, self.tracker)
 
     # --- one pass -----------------------------------------------------------------------------
     def run_pass(self) -> PassSummary:
@@ -225,7 +145,7 @@ class InboxPipeline:
                 continue
             self._waiting_logged.discard(unit)
             if row.kind == "rejected":
-                self._quarantine_file(row, row.reason or "rejected")
+                quarantine_file(row, row.reason or "rejected", Path(self.s.quarantine), self.store)
                 summary.quarantined += 1
             elif row.kind == "passthrough":
                 if self._submit_passthrough(row):
@@ -261,27 +181,6 @@ class InboxPipeline:
         rel = path.relative_to(Path(self.s.inbox)).as_posix()
         self.store.put_file(rel, str(path), st.st_size, st.st_mtime_ns, "dicom", instance.series_uid, instance)
 
-    def _fingerprint(self, instances: list[WsiInstance]) -> list[str]:
-        return sorted(i.sop_instance_uid for i in instances)
-
-    def _target_for(self, uid: str, members: list[FileRow]) -> Path:
-        serving = Path(self.s.serving)
-        current = self.store.series(uid)
-        if current and current.get("output"):
-            return Path(current["output"])
-        if self.s.naming == "drop-name":
-            unit = members[0].rel.split("/", 1)[0]
-            base = safe_name(Path(unit).stem if "/" not in members[0].rel else unit)
-            others = {r.series_uid for r in self.store.files().values() if r.kind == "dicom" and r.rel.split("/", 1)[0] == unit}
-            if len(others) > 1:
-                base = f"{base}-{hashlib.sha1(uid.encode()).hexdigest()[:8]}"
-        else:
-            base = safe_name(uid)
-        target = serving / f"{base}.tiff"
-        if target.exists() and _sidecar_uid(target) not in (None, uid):
-            target = serving / f"{base}-{hashlib.sha1(uid.encode()).hexdigest()[:8]}.tiff"
-        return target
-
     def _instances(self, uid: str, rels: set[str]) -> tuple[list[WsiInstance], list[WsiInstance]]:
         """Cached headers of the series: (the given inbox files, the archived ones), with current paths."""
         inbox, archived = [], []
@@ -299,16 +198,16 @@ class InboxPipeline:
             published = set(json.loads(state["fingerprint"] or "[]"))
             if {i.sop_instance_uid for i in inbox_instances} <= published:
                 log.info("series %s: %d file(s) already in the published output; archiving them", uid, len(members))
-                self._archive(members)
+                archive_files(members, Path(self.s.archive), self.store)
                 return False
             log.warning("series %s: new instances arrived after it was published; re-opening and converting again", uid)
-        instances = _unique_by_sop(inbox_instances + archived_instances)
-        target = self._target_for(uid, members)
-        if _sidecar_matches(target, uid, self._fingerprint(instances)):
+        instances = unique_by_sop(inbox_instances + archived_instances)
+        target = target_for(uid, members, Path(self.s.serving), self.s.naming, self.store)
+        if sidecar_matches(target, uid, sop_fingerprint(instances)):
             log.info("series %s: %s is already published for exactly these instances (an earlier run stopped before archiving)", uid, target)
             self.store.set_series(uid, study_uid=instances[0].study_uid, state="published", output=str(target),
-                                  fingerprint=json.dumps(self._fingerprint(instances)))
-            self._archive(members)
+                                  fingerprint=json.dumps(sop_fingerprint(instances)))
+            archive_files(members, Path(self.s.archive), self.store)
             return False
         self.store.set_series(uid, study_uid=instances[0].study_uid, state="converting", output=str(target), error=None)
         log.info("series %s: converting %d instance(s) to %s", uid, len(instances), target)
@@ -322,7 +221,7 @@ class InboxPipeline:
         key = f"file:{row.rel}"
         if key in self.jobs:
             return False
-        target = _unique_path(Path(self.s.serving) / safe_name(Path(row.rel).name))
+        target = unique_path(Path(self.s.serving) / safe_name(Path(row.rel).name))
         log.info("%s: checking and passing through to %s", row.rel, target)
         future = self.executor.submit(process_passthrough, row.location, str(target), self.options)
         self.jobs[key] = Job("passthrough", key, [row.rel], target, future)
@@ -375,20 +274,20 @@ class InboxPipeline:
                 self.tracker.finished(job.key, job.covered, bool(report is not None and report.ok))
             if report is not None and report.ok:
                 instances, archived = self._instances(job.key, {r.rel for r in rows})
-                fingerprint = self._fingerprint(_unique_by_sop(instances + archived))
+                fingerprint = sop_fingerprint(unique_by_sop(instances + archived))
                 current = self.store.series(job.key) or {}
                 self.store.set_series(job.key, state="published", output=report.output, error=None,
                                       conversions=(current.get("conversions") or 0) + 1, fingerprint=json.dumps(fingerprint))
                 self.published += 1
                 log.info("series %s published: %s (%s; %.1f s)", job.key, report.output,
                          ", ".join(f"L{lv.index} {lv.action}" for lv in report.levels), report.timings.get("total", 0))
-                self._archive(rows)
+                archive_files(rows, Path(self.s.archive), self.store)
             else:
                 error = report.error if report is not None else f"the conversion process died: {result!r}"
                 self.failures += 1
                 self.store.set_series(job.key, state="failed", error=error)
                 log.error("series %s failed: %s", job.key, error)
-                self._quarantine_series(job.key, rows, error)
+                quarantine_series(job.key, rows, error, Path(self.s.quarantine), self.store)
             return
         result = result if isinstance(result, dict) else {"ok": False, "error": f"the worker died: {result!r}", "action": "error"}
         row = rows[0] if rows else None
@@ -401,55 +300,12 @@ class InboxPipeline:
             else:
                 log.info("%s converted to pyramidal TIFF %s (%s)", job.rels[0], result["output"], result["detail"])
                 if row:
-                    self._archive([row])
+                    archive_files([row], Path(self.s.archive), self.store)
         else:
             self.failures += 1
             log.error("%s: %s", job.rels[0], result.get("error"))
             if row:
-                self._quarantine_file(row, result.get("error") or "failed")
-
-    # --- moving originals -------------------------------------------------------------------------
-    def _archive(self, rows: list[FileRow]) -> None:
-        archive = Path(self.s.archive)
-        for row in rows:
-            src = Path(row.location)
-            if not src.exists():
-                continue
-            dest = _unique_path(archive / row.rel)
-            try:
-                durable_move(src, dest)
-            except OSError as exc:
-                # The output is published; the original stays in the inbox and the next pass retries.
-                log.error("cannot archive %s to %s: %s; it stays in the inbox and will be retried. Fix: check the archive folder",
-                          row.rel, dest, exc)
-                continue
-            self.store.move_file(row.rel, f"archive:{dest.relative_to(archive).as_posix()}", str(dest), "archived")
-
-    def _quarantine_file(self, row: FileRow, reason: str) -> None:
-        src = Path(row.location)
-        quarantine = Path(self.s.quarantine)
-        dest = _unique_path(quarantine / row.rel)
-        log.error("quarantined %s: %s", row.rel, reason)
-        if src.exists():
-            folder = companion_folder(src)
-            durable_move(src, dest)
-            if folder is not None:
-                for item in sorted(folder.rglob("*")):
-                    if item.is_file():
-                        durable_move(item, dest.with_name(folder.name) / item.relative_to(folder))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(dest.with_name(dest.name + ".reason.txt"), _reason_text(row.rel, reason))
-        self.store.forget_files([row.rel])
-
-    def _quarantine_series(self, uid: str, rows: list[FileRow], reason: str) -> None:
-        quarantine = Path(self.s.quarantine) / safe_name(uid)
-        for row in rows:
-            src = Path(row.location)
-            if src.exists():
-                durable_move(src, _unique_path(quarantine / row.rel))
-        quarantine.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(quarantine.with_name(quarantine.name + ".reason.txt"), _reason_text(f"series {uid}", reason))
-        self.store.forget_files([r.rel for r in rows])
+                quarantine_file(row, result.get("error") or "failed", Path(self.s.quarantine), self.store)
 
     # --- dry run ------------------------------------------------------------------------------------
     def dry_run(self, emit: Callable[[str], None] = print) -> None:
@@ -479,7 +335,7 @@ class InboxPipeline:
             if state and state["state"] == "published" and {i.sop_instance_uid for i in instances} <= set(json.loads(state["fingerprint"] or "[]")):
                 emit(f"archive    series {uid} ({len(members)} files, {size:.1f} MB): already published as {state['output']}")
                 continue
-            target = self._target_for(uid, members)
+            target = target_for(uid, members, Path(self.s.serving), self.s.naming, self.store)
             try:
                 series, plan = plan_series(instances, self.options)
             except Exception as exc:
@@ -487,52 +343,3 @@ class InboxPipeline:
                 continue
             levels = "; ".join(f"L{lv.index} {lv.width}x{lv.height} {lv.action} ({lv.reason})" for lv in plan.levels)
             emit(f"convert    series {uid} ({len(members)} files, {size:.1f} MB) -> {target}: {levels}")
-
-
-def _unique_by_sop(instances: list[WsiInstance]) -> list[WsiInstance]:
-    seen: dict[str, WsiInstance] = {}
-    for inst in instances:
-        seen.setdefault(inst.sop_instance_uid, inst)
-    return list(seen.values())
-
-
-def _unique_path(path: Path) -> Path:
-    """`path`, or the same name with -2, -3, ... when something is already there (nothing is overwritten)."""
-    suffix = passthrough_suffix(path.name) or path.suffix
-    stem = path.name[: -len(suffix)] if suffix else path.name
-
-    def taken(p: Path) -> bool:
-        return p.exists() or (suffix.lower() == ".mrxs" and p.with_name(p.name[: -len(suffix)]).exists())
-
-    if not taken(path):
-        return path
-    n = 2
-    while taken(candidate := path.with_name(f"{stem}-{n}{suffix}")):
-        n += 1
-    return candidate
-
-
-def _sidecar_uid(target: Path) -> str | None:
-    try:
-        return json.loads(sidecar_path(target).read_text()).get("series_uid")
-    except (OSError, ValueError):
-        return None
-
-
-def _sidecar_matches(target: Path, uid: str, fingerprint: list[str]) -> bool:
-    if not target.exists():
-        return False
-    try:
-        data = json.loads(sidecar_path(target).read_text())
-    except (OSError, ValueError):
-        return False
-    used = data.get("source", {}).get("input_sop_instance_uids")
-    return data.get("series_uid") == uid and data.get("status") == "published" and used == fingerprint
-
-
-def _reason_text(what: str, reason: str) -> str:
-    return (
-        f"{what}\n\n{reason}\n\n"
-        f"Quarantined by wsi-node at {time.strftime('%Y-%m-%d %H:%M:%S %z')}.\n"
-        "Nothing was deleted. After fixing the cause, move the file(s) back into the inbox.\n"
-    )
