@@ -6,7 +6,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
 from converter.testkit import SlideSpec, series_uids, write_non_wsi
-from tests.scp.test_node import RunningNode
+from tests.support.node import RunningNode
 
 
 def test_other_storage_is_kept_in_quarantine_when_configured(tmp_path, caplog):

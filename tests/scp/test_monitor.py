@@ -18,8 +18,7 @@ from pynetdicom import AE
 
 from converter.testkit import SlideSpec, series_uids, write_series
 from scp.dimse import WSI_STORAGE
-from tests.scp.test_node import RunningNode, free_port, pynetdicom_send
-from tests.scp.test_stow import CONTENT_TYPE, multipart
+from tests.support.node import CONTENT_TYPE, RunningNode, free_port, multipart, pynetdicom_send
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -13,112 +11,15 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from config.settings import BatchSettings
 from converter.testkit import SlideSpec, series_uids, write_non_wsi, write_series
-from scp.dimse import WSI_STORAGE, DimseSettings
-from scp.node import Node, NodeSettings
-from scp.stow import HttpSettings
-from tests.readers import open_openslide
+from scp.dimse import WSI_STORAGE
+from tests.support.node import RunningNode, assert_published, free_port, make_pki, pynetdicom_send, storescu
 
-STORESCU = "/usr/bin/storescu"  # DCMTK's; pynetdicom installs an app of the same name on PATH
 ECHOSCU = "/usr/bin/echoscu"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RunningNode:
-    """The node in this process: DIMSE on a free port, and the DICOMweb receiver on 127.0.0.1 at an
-    OS-chosen port (`http_port`, `http_url`); `http` holds extra HttpSettings fields (auth, limits, TLS)."""
-
-    def __init__(self, tmp: Path, http: dict | None = None, **dimse) -> None:
-        self.data = tmp / "data"
-        p = BatchSettings(inbox=self.data / "inbox", serving=self.data / "serving", archive=self.data / "archive",
-                          quarantine=self.data / "quarantine", state_dir=self.data / "state", watch_interval=1.0, max_concurrent=1)
-        for d in (p.inbox, p.serving, p.archive, p.quarantine, p.state_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.settings = NodeSettings(p, DimseSettings(bind="127.0.0.1", port=self.port, **dimse), disk_reserve_mb=1,
-                                     settle=0.5, quiet=30, http=HttpSettings(bind="127.0.0.1", port=0, **(http or {})))
-        self.node = Node(self.settings)
-        self.node.start()
-        self.http_port = self.node.http.port
-        self.http_url = f"{self.node.http.url}/dicom-web"
-        self.thread = threading.Thread(target=self.node.run, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.node.request_stop()
-        self.thread.join(60)
-
-    def output(self, uid: str, timeout: float = 30) -> Path:
-        target = self.data / "serving" / f"{uid}.tiff"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if target.exists() and (self.data / "serving" / f"{uid}.json").exists():
-                return target
-            time.sleep(0.1)
-        raise AssertionError(f"{target} did not appear; serving has {sorted(p.name for p in (self.data / 'serving').iterdir())}")
-
-
-@pytest.fixture
-def node(tmp_path):
-    n = RunningNode(tmp_path)
-    yield n
-    n.stop()
-
-
-def storescu(port: int, *paths: Path, aet: str = "STORESCU", extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    if not Path(STORESCU).exists():
-        pytest.skip("DCMTK storescu not installed (apt-get install dcmtk)")
-    cmd = [STORESCU, "-aet", aet, "-aec", "WSINODE", "-R", "-xy", "+sd", *extra, "127.0.0.1", str(port), *map(str, paths)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
-def pynetdicom_send(port: int, files: list[Path], aet: str = "PYSENDER", release: bool = True) -> list[int]:
-    ae = AE(ae_title=aet)
-    ae.dimse_timeout = ae.network_timeout = 30
-    syntaxes = sorted({str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID) for f in files})
-    for ts in syntaxes:
-        ae.add_requested_context(WSI_STORAGE, ts)
-    assoc = ae.associate("127.0.0.1", port, ae_title="WSINODE")
-    assert assoc.is_established
-    statuses = []
-    for f in files:
-        status = assoc.send_c_store(f)
-        statuses.append(int(status.Status))
-    if release:
-        assoc.release()
-    return statuses
-
-
-def assert_published(node: RunningNode, spec: SlideSpec, files: list[Path], timeout: float = 30) -> Path:
-    """The output covers every sent instance (a slide that looked complete early is re-converted) and the originals are archived."""
-    import json
-
-    study, uid = series_uids(spec)
-    out = node.output(uid)
-    sops = sorted(str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files)
-    folder = node.data / "archive" / study / uid
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sidecar = json.loads(out.with_suffix(".json").read_text())
-        archived = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-        if sidecar["source"]["input_sop_instance_uids"] == sops and archived == [f"{s}.dcm" for s in sops]:
-            break
-        time.sleep(0.2)
-    else:
-        raise AssertionError(f"output covers {sidecar['source']['input_sop_instance_uids']}, archive has {archived}; expected {sops}")
-    with open_openslide(out) as slide:
-        assert slide.dimensions == (spec.width, spec.height)
-    return out
 
 
 def test_storescu_whole_series_in_one_association(node, tmp_path):
@@ -270,31 +171,10 @@ def test_restart_resumes_series_in_flight(tmp_path):
         n2.stop()
 
 
-def _make_pki(folder: Path) -> dict[str, Path]:
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, made with the openssl CLI."""
-    if not shutil.which("openssl"):
-        pytest.skip("openssl CLI not installed (apt-get install openssl)")
-    folder.mkdir()
-    p = {k: folder / f"{k}" for k in ("ca.key", "ca.crt", "server.key", "server.crt", "client.key", "client.crt")}
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=wsi-node test CA",
-        "-keyout", "ca.key", "-out", "ca.crt")
-    for name, cn in (("server", "127.0.0.1"), ("client", "SCANNER1")):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
-        ext = folder / f"{name}.ext"
-        ext.write_text("subjectAltName=IP:127.0.0.1\n" if name == "server" else "extendedKeyUsage=clientAuth\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-            "-out", f"{name}.crt", "-extfile", ext.name)
-    return p
-
-
 def test_dicom_tls_with_dcmtk_and_pynetdicom(tmp_path):
     import ssl
 
-    pki = _make_pki(tmp_path / "pki")
+    pki = make_pki(tmp_path / "pki")
     n = RunningNode(tmp_path, tls_cert=pki["server.crt"], tls_key=pki["server.key"], tls_ca=pki["ca.crt"], tls_require_client_cert=True)
     try:
         spec = SlideSpec(width=1000, height=800, seed=171)

@@ -19,30 +19,10 @@ import requests
 from dicomweb_client import DICOMwebClient
 
 from converter.testkit import SlideSpec, series_uids, write_non_wsi, write_series
-from tests.scp.test_node import RunningNode, _make_pki, assert_published, free_port
+from tests.support.node import BOUNDARY, CONTENT_TYPE, RunningNode, assert_published, free_port, make_pki, multipart
 
-BOUNDARY = "wsi-node-test-boundary"
-CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary="{BOUNDARY}"'
 REFERENCED, FAILED, REASON, SOP_UID = "00081199", "00081198", "00081197", "00081155"
 NO_PROXY_ENV = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-
-
-@pytest.fixture
-def node(tmp_path):
-    n = RunningNode(tmp_path)
-    yield n
-    n.stop()
-
-
-def multipart(parts: list[Path | bytes], boundary: str = BOUNDARY, closing: bool = True) -> bytes:
-    out = bytearray()
-    for part in parts:
-        out += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        out += part if isinstance(part, bytes) else Path(part).read_bytes()
-        out += b"\r\n"
-    if closing:
-        out += f"--{boundary}--\r\n".encode()
-    return bytes(out)
 
 
 def curl(url: str, body: Path, content_type: str = CONTENT_TYPE, chunked: bool = False, extra: tuple[str, ...] = ()) -> tuple[int, str]:
@@ -275,7 +255,7 @@ def test_request_cut_off_mid_part_leaves_nothing_partial(node, tmp_path, framing
 
 
 def test_https_with_a_certificate(tmp_path):
-    pki = _make_pki(tmp_path / "pki")
+    pki = make_pki(tmp_path / "pki")
     n = RunningNode(tmp_path, http={"tls_cert": pki["server.crt"], "tls_key": pki["server.key"]})
     try:
         assert n.http_url.startswith("https://127.0.0.1:")
