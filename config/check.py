@@ -1,4 +1,11 @@
-"""`wsi-node config check` and `wsi-node config show`: the effective settings of `wsi-node serve`."""
+"""`wsi-node config check` and `wsi-node config show`: the effective settings of `wsi-node serve`.
+
+check reports every problem it can find in one go (unknown keys, bad values,
+folders, files, ports in use), each naming the option the way it was written
+and how to fix it, so a deployment is fixed in one round rather than one
+restart per typo. show prints every setting with the layer it came from.
+Both go through the same layering as `wsi-node serve` (config.effective).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +15,25 @@ import os
 import socket
 import sys
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from config.effective import effective_settings
 from config.errors import ConfigError
-from config.node_options import NODE_BY_FIELD, NODE_OPTIONS
+from config.folders import OUTPUT_FIELDS, check_inbox, check_nesting, check_output_dir, origins_from_sources
+from config.layers import Origin
+from config.options import BY_FIELD, CONFIG_ENVS, CONFIG_FLAG, NODE_OPTIONS, SERVE, options_for
+from config.sources import config_file_from, env_layer, file_layer, read_config_file, value_problems
+
+
+def _origin(field: str, sources: Mapping[str, str]) -> Origin:
+    return Origin.from_source(BY_FIELD[field], sources.get(field, "default"))
 
 
 def _name(field: str, sources: Mapping[str, str]) -> str:
-    """The option as the user wrote it: flag, env var or YAML key."""
-    opt = NODE_BY_FIELD[field]
-    src = sources.get(field, "default").split("+")[-1]
-    if src.startswith("env:"):
-        return f"{src[4:]} (environment)"
-    if src.startswith("file:"):
-        return f"node.{opt.key} (in {src[5:]})"
-    return opt.flag + (" (the default)" if src == "default" else "")
+    """The option as the user wrote it: flag, env var or YAML key, with where it was."""
+    return _origin(field, sources).where()
 
 
 def _bind_problem(host: str, port: int) -> OSError | None:
@@ -50,24 +60,13 @@ def _overlap(a: str, b: str) -> bool:
 
 
 def node_problems(node: Any, sources: Mapping[str, str], ports: bool = True) -> list[ConfigError]:
-    """Ranges, formats, files and ports of the node settings."""
+    """Ranges (from the option table), entry formats, files and ports of the node settings."""
     out: list[ConfigError] = []
 
     def bad(field: str, problem: str, fix: str) -> None:
         out.append(ConfigError(f"{_name(field, sources)}: {problem}", fix))
 
-    if not node.ae_title or len(node.ae_title) > 16 or "\\" in node.ae_title or not node.ae_title.isascii():
-        bad("ae_title", f"{node.ae_title!r} is not a DICOM AE title (1-16 ASCII characters, no backslash).", "Use e.g. WSINODE.")
-    if not 0 < node.port < 65536:
-        bad("port", f"{node.port} is not a port number.", "Use 1-65535, e.g. 11112.")
-    if not 0 <= node.http_port < 65536:
-        bad("http_port", f"{node.http_port} is not a port number.", "Use 1-65535, or 0 to disable the HTTP receiver.")
-    for field, low in (("max_associations", 1), ("disk_reserve_mb", 0), ("http_max_request_mb", 0)):
-        if getattr(node, field) < low:
-            bad(field, f"{getattr(node, field)} is below {low}.", f"Use {low} or more.")
-    for field in ("settle", "quiet_period"):
-        if getattr(node, field) < 0:
-            bad(field, f"{getattr(node, field)} seconds is negative.", "Use 0 or more seconds.")
+    out += value_problems(NODE_OPTIONS, lambda f: getattr(node, f), lambda f: _origin(f, sources))
     for pair in node.allowed_peer:
         if "=" not in pair or not pair.partition("=")[2]:
             bad("allowed_peer", f"entry {pair!r} is not AET=address.", "Write e.g. SCANNER1=10.1.2.3.")
@@ -81,12 +80,12 @@ def node_problems(node: Any, sources: Mapping[str, str], ports: bool = True) -> 
             continue
         path = Path(value)
         if not path.is_file():
-            bad(field, f"{value}: no such file.", f"Put the file there, or point {NODE_BY_FIELD[field].flag} at it.")
+            bad(field, f"{value}: no such file.", f"Put the file there, or point {BY_FIELD[field].flag} at it.")
         elif not os.access(path, os.R_OK):
             bad(field, f"{value}: not readable by this user.", "Make it readable for the node's user (e.g. chgrp wsi-node; chmod 0640).")
     for key, cert in (("tls_key", "tls_cert"), ("tls_ca", "tls_cert"), ("http_tls_key", "http_tls_cert")):
         if getattr(node, key) and not getattr(node, cert):
-            bad(key, f"is set without {NODE_BY_FIELD[cert].flag}.", f"Give {NODE_BY_FIELD[cert].flag} too, or neither.")
+            bad(key, f"is set without {BY_FIELD[cert].flag}.", f"Give {BY_FIELD[cert].flag} too, or neither.")
     if node.tls_require_client_cert and not node.tls_ca:
         bad("tls_require_client_cert", "is on without a CA bundle to check client certificates against.", "Set --tls-ca as well.")
     if not ports:
@@ -106,7 +105,7 @@ def node_problems(node: Any, sources: Mapping[str, str], ports: bool = True) -> 
             continue
         if problem.errno == errno.EADDRINUSE:
             bad(field, f"port {port} on {host} is in use by another program.",
-                f"Stop that program (ss -ltnp 'sport = :{port}' shows it) or choose another port with {NODE_BY_FIELD[field].flag}.")
+                f"Stop that program (ss -ltnp 'sport = :{port}' shows it) or choose another port with {BY_FIELD[field].flag}.")
         elif problem.errno == errno.EACCES:
             bad(field, f"port {port} on {host} needs privileges this user lacks.",
                 "Use a port above 1023, or grant CAP_NET_BIND_SERVICE (AmbientCapabilities= in the unit).")
@@ -118,19 +117,17 @@ def node_problems(node: Any, sources: Mapping[str, str], ports: bool = True) -> 
 
 
 def folder_problems(settings: Any, sources: Mapping[str, str]) -> list[ConfigError]:
-    from config import loader
-
-    plain = {k: ("default" if v.startswith("default") else v) for k, v in sources.items()}
-    origin = loader._origins_from_sources(plain)
+    """Every folder problem, creating nothing; a missing default inbox is fine, serve creates it."""
+    origin = origins_from_sources(sources)
     out: list[ConfigError] = []
     checks = []
     if not Path(settings.inbox).exists() and sources.get("inbox", "").startswith("default"):
-        checks.append(lambda: loader._check_output_dir(settings.inbox, origin("inbox"), False, []))  # serve creates it
+        checks.append(lambda: check_output_dir(settings.inbox, origin("inbox"), False, []))
     else:
-        checks.append(lambda: loader._check_inbox(settings.inbox, origin("inbox")))
-    checks.append(lambda: loader._check_nesting(settings, origin))
-    for field in loader._OUTPUT_FIELDS:
-        checks.append(lambda field=field: loader._check_output_dir(getattr(settings, field), origin(field), False, []))
+        checks.append(lambda: check_inbox(settings.inbox, origin("inbox")))
+    checks.append(lambda: check_nesting(settings, origin))
+    for field in OUTPUT_FIELDS:
+        checks.append(lambda field=field: check_output_dir(getattr(settings, field), origin(field), False, []))
     for check in checks:
         try:
             check()
@@ -140,29 +137,19 @@ def folder_problems(settings: Any, sources: Mapping[str, str]) -> list[ConfigErr
 
 
 def _args_for(file: str | None) -> list[str]:
-    return ["--config", file] if file else []
+    return [CONFIG_FLAG, file] if file else []
 
 
 def run_check(file: str | None, environ: Mapping[str, str] | None = None) -> int:
-    from config.loader import CONFIG_ENV, check_env_entries, check_file_entries, config_file_from, read_config_file
-    from config.node_options import NODE_CONFIG_ENV, layered_node_values, node_section
-    from scp.cli import effective_settings
-
     environ = os.environ if environ is None else environ
     problems: list[ConfigError] = []
     path = None
     try:
-        found = config_file_from(Path(file) if file else None, environ, (NODE_CONFIG_ENV, CONFIG_ENV))
+        found = config_file_from(Path(file) if file else None, environ, CONFIG_ENVS[SERVE])
         if found is not None:
             path = found[0]
-            data = read_config_file(*found)
-            problems += check_file_entries(data, path)
-            try:
-                layered_node_values(node_section(data, path), path, {}, problems)
-            except ConfigError as exc:
-                problems.append(exc)
-        problems += check_env_entries(environ)
-        layered_node_values(None, None, environ, problems)
+            file_layer(read_config_file(*found), path, with_node=True, errors=problems)
+        env_layer(environ, options_for(SERVE), errors=problems)
     except ConfigError as exc:
         problems.append(exc)
     if not problems:
@@ -197,9 +184,9 @@ def _value(v: Any, secret: bool = False) -> str:
     return str(v)
 
 
-def _source(src: str) -> str:
+def _source(src: str, merged: bool = False) -> str:
     parts = []
-    for s in src.split("+"):
+    for s in src.split("+") if merged else [src]:
         if s.startswith("env:"):
             parts.append(f"environment {s[4:]}")
         elif s.startswith("file:"):
@@ -212,30 +199,18 @@ def _source(src: str) -> str:
 
 
 def run_show(file: str | None, environ: Mapping[str, str] | None = None) -> int:
-    from dataclasses import fields
-
-    from config.loader import OPTIONS_BY_FIELD
-    from scp.cli import effective_settings
-
     environ = os.environ if environ is None else environ
     try:
         eff = effective_settings(_args_for(file), environ)
     except ConfigError as exc:
         print(f"wsi-node config show: {exc}", file=sys.stderr)
         return 2
-    env_tokens = [t for t in environ.get("WSI_NODE_HTTP_TOKENS", "").split(",") if t.strip()]
-    env_users = [t for t in environ.get("WSI_NODE_HTTP_USERS", "").split(",") if t.strip()]
     rows = [("# config file", str(eff.config_file) if eff.config_file else "none", "")]
     for f in fields(eff.batch):
         rows.append((f.name, _value(getattr(eff.batch, f.name)), _source(eff.batch_sources[f.name])))
-        assert f.name in OPTIONS_BY_FIELD
     for opt in NODE_OPTIONS:
-        value = getattr(eff.node, opt.field)
-        if opt.field == "http_token":
-            value = list(value) + env_tokens
-        if opt.field == "http_user":
-            value = list(value) + env_users
-        rows.append((f"node.{opt.key}", _value(value, opt.secret), _source(eff.node_sources[opt.field])))
+        rows.append((f"node.{opt.key}", _value(getattr(eff.node, opt.field), opt.secret),
+                     _source(eff.node_sources[opt.field], opt.merged)))
     width = max(len(r[0]) for r in rows)
     vwidth = min(40, max(len(r[1]) for r in rows))
     for key, value, src in rows:

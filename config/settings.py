@@ -1,37 +1,34 @@
 """Typed settings shared by every entry point.
 
-Defaults live here once; the CLI, environment and YAML layers only override
-them, so `wsi-node convert`, the batch converter and the node behave alike.
+The defaults are declared once, in the option table (config.options); these
+dataclasses take them from there, so `wsi-node convert`, the batch converter,
+the node and code that builds BatchSettings() directly agree. The CLI,
+environment and YAML layers (config.effective) only override them.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from config.errors import ConfigError
-
-MODES = ("auto", "copy", "reencode")
-LAYOUTS = ("generic", "svs")
-ICC_POLICIES = ("strip", "keep")
-NAMINGS = ("series-uid", "drop-name")
-LOG_FORMATS = ("text", "json")
+from config.options import ICC_POLICIES, LAYOUTS, MODES, PIPELINE_OPTIONS, default
 
 
 @dataclass(frozen=True)
 class ConversionOptions:
-    mode: str = "auto"
+    mode: str = default("mode")
     """copy: JPEG frames byte for byte; reencode: decode and encode; auto: copy where possible."""
-    quality: int = 85
+    quality: int = default("quality")
     """JPEG quality (1-100) of re-encoded tiles."""
-    tile_size: int = 256
+    tile_size: int = default("tile_size")
     """Tile size of re-encoded pyramids (copied levels keep the source tile size)."""
-    layout: str = "generic"
+    layout: str = default("layout")
     """generic: pyramidal TIFF; svs: Aperio-compatible, so OpenSlide also shows label and macro."""
-    icc: str = "strip"
+    icc: str = default("icc")
     """strip: no ICC profile in the TIFF (no colour transform either); keep: embed the source profile."""
-    include_label: bool = True
+    include_label: bool = not default("no_label")
     """The label image often shows patient identity; --no-label drops it."""
     threads: int = 2
     """Decode/encode threads inside one conversion."""
@@ -67,49 +64,49 @@ class BatchSettings:
     """Everything the batch converter (`batch-converter`) needs, with its defaults.
 
     Values are layered defaults < YAML file < environment < command line by
-    config.loader.load_batch_settings, which also checks them; the folder
+    config.effective.load_batch_settings, which also checks them; the folder
     checks (existence, write access, nesting) live in
-    config.loader.validate_batch_settings because they touch the file system
+    config.folders.validate_batch_settings because they touch the file system
     and may create folders. No __post_init__ validation here, unlike
     ConversionOptions: a good message must name the option as the user wrote
-    it (flag, env var or YAML key), and only the loader knows that.
+    it (flag, env var or YAML key), and only the layering knows that.
     """
 
-    inbox: Path = Path("./inbox")
+    inbox: Path = default("inbox")
     """Where slides are dropped (files or folders); must exist, the converter only reads it."""
-    serving: Path = Path("./serving")
+    serving: Path = default("serving")
     """Finished pyramidal TIFFs, the folder a viewer serves from."""
-    archive: Path = Path("./archive")
+    archive: Path = default("archive")
     """Sources that converted successfully are moved here, so the inbox only holds pending work."""
-    quarantine: Path = Path("./quarantine")
+    quarantine: Path = default("quarantine")
     """Sources that failed go here with their report, so one bad slide is not retried forever."""
-    state_dir: Path = Path("./state")
+    state_dir: Path = default("state_dir")
     """Bookkeeping (what is in progress or done) that must survive a restart."""
-    quality: int = 85
+    quality: int = default("quality")
     """JPEG quality (1-100) of re-encoded tiles."""
-    tile_size: int = 256
+    tile_size: int = default("tile_size")
     """Tile size of re-encoded pyramids, a positive multiple of 16 (a TIFF requirement)."""
-    max_concurrent: int = 2
+    max_concurrent: int = default("max_concurrent")
     """Slides converted in parallel; each conversion also gets cpu_count // max_concurrent threads."""
-    watch: bool = False
+    watch: bool = default("watch")
     """Keep running and poll the inbox instead of converting what is there once and exiting."""
-    watch_interval: float = 10.0
+    watch_interval: float = default("watch_interval")
     """Seconds between inbox scans in watch mode."""
-    dry_run: bool = False
+    dry_run: bool = default("dry_run")
     """Report what would be converted and moved, without writing anything."""
-    mode: str = "auto"
+    mode: str = default("mode")
     """copy: JPEG frames byte for byte; reencode: decode and encode; auto: copy where possible."""
-    layout: str = "generic"
+    layout: str = default("layout")
     """generic: pyramidal TIFF; svs: Aperio-compatible, so OpenSlide also shows label and macro."""
-    icc: str = "strip"
+    icc: str = default("icc")
     """strip: no ICC profile in the TIFF; keep: embed the source profile."""
-    no_label: bool = False
+    no_label: bool = default("no_label")
     """Drop the label image, which often shows patient identity."""
-    settle_seconds: float = 5.0
+    settle_seconds: float = default("settle_seconds")
     """A file counts only after its size and mtime were stable this long, so half-copied drops are left alone."""
-    naming: str = "series-uid"
+    naming: str = default("naming")
     """Output file naming: "series-uid" (<SeriesInstanceUID>.tiff) or "drop-name" (name of the dropped file/top folder under the inbox)."""
-    log_format: str = "text"
+    log_format: str = default("log_format")
     """"text" for people reading a terminal, "json" for log collectors."""
 
     def conversion_options(self, threads: int | None = None) -> ConversionOptions:
@@ -130,3 +127,7 @@ class BatchSettings:
             include_label=not self.no_label,
             threads=threads,
         )
+
+
+if {f.name for f in fields(BatchSettings)} != {o.field for o in PIPELINE_OPTIONS}:  # pragma: no cover - caught by any test run
+    raise RuntimeError("config.options.OPTIONS (pipeline) and config.settings.BatchSettings disagree; add the new field to both.")

@@ -1,121 +1,25 @@
-"""The `wsi-node` command: one entry point with subcommands."""
+"""The `wsi-node` command: one entry point with subcommands.
+
+Settings are not parsed here: config.effective layers them (defaults < YAML <
+environment < flags) from the option table, config.flags builds the parsers
+from the same table; this module only composes `wsi-node serve --help` and
+turns the effective values into DimseSettings, HttpSettings and NodeSettings.
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
-import os
 import sys
 from pathlib import Path
 
-from collections.abc import Mapping
-from typing import Any
-
+from config.effective import check_flags, effective_settings
 from config.errors import ConfigError
-from config.loader import CONFIG_ENV
-from config.node_options import MERGED_LISTS, NODE_CONFIG_ENV, NODE_OPTIONS, layered_node_values, node_section
+from config.flags import batch_parser
+from config.flags import node_parser as _node_parser  # the node's flags; tests parse with it too
 from converter.cli import convert as convert_cli
 
 log = logging.getLogger("wsi_node")
-
-DATA_DEFAULTS = {"inbox": "inbox", "serving": "serving", "archive": "archive", "quarantine": "quarantine", "state_dir": "state"}
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"WSI_NODE_{name}", default)
-
-
-CONFIG_ENVS = (NODE_CONFIG_ENV, CONFIG_ENV)
-_GROUPS = {
-    "node": "node (each also settable as WSI_NODE_<NAME>, e.g. WSI_NODE_AE_TITLE, or under `node:` in the --config YAML)",
-    "tls": "DICOM TLS (WSI_NODE_TLS_*)",
-    "http": "HTTP: DICOMweb STOW-RS (POST /dicom-web/studies), health, metrics (each also settable as WSI_NODE_<NAME>)",
-}
-
-
-def _node_parser(base: dict[str, Any] | None = None, cli_only: bool = False) -> argparse.ArgumentParser:
-    """The node's flags. Defaults are `base` (defaults < YAML `node:` < WSI_NODE_* env); cli_only: no defaults at all,
-    so the namespace holds exactly what was typed (to tell flags from lower layers)."""
-    if base is None:
-        base, _ = layered_node_values(None, None, os.environ)
-    p = argparse.ArgumentParser(prog="wsi-node serve", add_help=False, allow_abbrev=False)
-    groups = {name: p.add_argument_group(title) for name, title in _GROUPS.items()}
-    for opt in NODE_OPTIONS:
-        g = groups[opt.group]
-        kwargs: dict[str, Any] = {"dest": opt.field}
-        default = base[opt.field]
-        if opt.kind == "bool":
-            kwargs["action"] = "store_true"
-        elif opt.kind == "list":
-            kwargs["action"] = "append"
-            # tokens and users of every layer are accepted together; other lists: the flags replace lower layers
-            default = list(default) if opt.field in MERGED_LISTS else None
-        else:
-            kwargs["type"] = {"int": int, "float": float}.get(opt.kind, str)
-        if opt.kind in ("file", "path"):
-            kwargs["metavar"] = "FILE" if opt.kind == "file" else "DIR"
-        kwargs["default"] = argparse.SUPPRESS if cli_only else default
-        shown = "" if opt.secret or opt.kind == "list" else f" [{_shown(base[opt.field])}]"
-        g.add_argument(opt.flag, help=f"{opt.help}{shown} (env {opt.env})", **kwargs)
-    return p
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, list):
-        return ", ".join(value) if value else "(none)"
-    return str(value)
-
-
-@dataclasses.dataclass
-class Effective:
-    """Every setting of `wsi-node serve` after layering, with where each came from."""
-
-    batch: Any
-    batch_sources: dict[str, str]
-    node: argparse.Namespace
-    node_sources: dict[str, str]
-    config_file: Path | None
-
-
-def _pre_config(argv: list[str]) -> Path | None:
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--config", type=Path, default=None)
-    return pre.parse_known_args(argv)[0].config
-
-
-def effective_settings(argv: list[str], environ: Mapping[str, str] | None = None) -> Effective:
-    """Layer defaults < YAML (pipeline keys + `node:`) < env (CONVERTER_*, WSI_NODE_*) < flags. Raises ConfigError."""
-    from config.loader import config_file_from, load_batch_settings, read_config_file
-
-    environ = os.environ if environ is None else environ
-    found = config_file_from(_pre_config(argv), environ, CONFIG_ENVS)
-    section, path = {}, None
-    if found is not None:
-        path = found[0]
-        section = node_section(read_config_file(*found), path)
-    base, node_sources = layered_node_values(section, path, environ)
-    node_args, rest = _node_parser(base).parse_known_args(argv)
-    typed = vars(_node_parser(base, cli_only=True).parse_known_args(argv)[0])
-    for opt in NODE_OPTIONS:
-        if opt.kind == "list" and opt.field not in MERGED_LISTS and getattr(node_args, opt.field) is None:
-            setattr(node_args, opt.field, list(base[opt.field]))
-        if opt.field in typed:
-            node_sources[opt.field] = "cli" if opt.field not in MERGED_LISTS or node_sources[opt.field] == "default" \
-                else f"{node_sources[opt.field]}+cli"
-    settings, batch_sources = load_batch_settings(rest, environ, config_envs=CONFIG_ENVS)
-    data = Path(node_args.data)
-    defaults = {k: data / v for k, v in DATA_DEFAULTS.items() if batch_sources.get(k) == "default"}
-    for k in defaults:
-        batch_sources[k] = f"default (under data {data})"
-    settings = dataclasses.replace(settings, **defaults)
-    return Effective(settings, batch_sources, node_args, node_sources, path)
 
 
 def _secret_lines(path: str, option: str) -> list[str]:
@@ -128,18 +32,21 @@ def _secret_lines(path: str, option: str) -> list[str]:
 
 
 def _http_settings(a: argparse.Namespace):
+    """HttpSettings from the node values (effective_settings' node, or a node_parser namespace); None: no HTTP.
+
+    The token and user lists already hold the entries of every layer (flags,
+    WSI_NODE_HTTP_TOKENS/USERS, the YAML file); the token and users files are
+    read here, at start, so a changed file takes effect on restart.
+    """
     from scp.stow import HttpSettings
 
     if a.http_port == 0:
         return None
-    if not 0 < a.http_port < 65536:
-        raise ConfigError(f"--http-port {a.http_port} is not a port number.", "Use 1-65535, or 0 to disable the HTTP receiver.")
-    if a.http_max_request_mb < 0:
-        raise ConfigError(f"--http-max-request-mb {a.http_max_request_mb} is negative.", "Use a size in MB, or 0 for no limit.")
-    tokens = list(a.http_token) + [t.strip() for t in (_env("HTTP_TOKENS") or "").split(",") if t.strip()]
+    check_flags({"http_port": a.http_port, "http_max_request_mb": a.http_max_request_mb})
+    tokens = list(a.http_token)
     if a.http_token_file:
         tokens += _secret_lines(a.http_token_file, "--http-token-file")
-    pairs = [(u, "--http-user") for u in a.http_user] + [(u.strip(), "WSI_NODE_HTTP_USERS") for u in (_env("HTTP_USERS") or "").split(",") if u.strip()]
+    pairs = [(u, "--http-user") for u in a.http_user]
     if a.http_users_file:
         pairs += [(u, "--http-users-file") for u in _secret_lines(a.http_users_file, "--http-users-file")]
     users: dict[str, str] = {}
@@ -147,7 +54,7 @@ def _http_settings(a: argparse.Namespace):
         user, sep, password = pair.partition(":")
         if not sep or not user or not password:
             raise ConfigError(f"{source}: an entry for user {user or '?'!r} is not user:password.", "Write user:password (the password may contain ':').")
-        users[user] = password
+        users.setdefault(user, password)  # the highest layer comes first and wins
     for option, value in (("--http-tls-cert", a.http_tls_cert), ("--http-tls-key", a.http_tls_key)):
         if value and not Path(value).is_file():
             raise ConfigError(f"{option} {value}: no such file.", "Point it at the PEM file.")
@@ -164,13 +71,13 @@ def _http_settings(a: argparse.Namespace):
 
 
 def run_serve(argv: list[str]) -> int:
-    from config.loader import build_batch_parser, validate_batch_settings
+    from config.folders import validate_batch_settings
     from converter.cli.logs import early_log_format, setup_logging
     from scp.dimse import DimseSettings
     from scp.node import NodeSettings, serve
 
     if "-h" in argv or "--help" in argv:
-        parser = argparse.ArgumentParser(prog="wsi-node serve", parents=[_node_parser(), build_batch_parser()], add_help=True,
+        parser = argparse.ArgumentParser(prog="wsi-node serve", parents=[_node_parser(), batch_parser()], add_help=True,
                                          conflict_handler="resolve",
                                          description="Run the node: DICOM C-STORE/C-ECHO receiver, DICOMweb STOW-RS receiver, completeness tracker, inbox pipeline and workers.",
                                          epilog="Settings: defaults < YAML file (--config, WSI_NODE_CONFIG or CONVERTER_CONFIG; node keys under `node:`)"
@@ -181,10 +88,13 @@ def run_serve(argv: list[str]) -> int:
     try:
         eff = effective_settings(argv)
         settings, sources, node_args = eff.batch, eff.batch_sources, eff.node
+        problems = eff.node_value_problems()
+        if problems:
+            raise problems[0]
         if sources.get("inbox", "").startswith("default"):
             Path(settings.inbox).mkdir(parents=True, exist_ok=True)
         setup_logging(settings.log_format)
-        for line in validate_batch_settings(settings, sources={k: ("default" if v.startswith("default") else v) for k, v in sources.items()}):
+        for line in validate_batch_settings(settings, sources=sources):
             log.info("%s", line)
         peers: dict[str, tuple[str, ...]] = {}
         for pair in node_args.allowed_peer:

@@ -15,7 +15,8 @@ import sys
 import threading
 
 from config.errors import ConfigError
-from config.loader import load_batch_settings, validate_batch_settings
+from config.effective import load_batch_settings
+from config.folders import validate_batch_settings
 from converter.executors.local import make_executor
 from converter.cli.logs import early_log_format, setup_logging
 from converter.inbox.pipeline import InboxPipeline

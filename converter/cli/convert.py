@@ -8,8 +8,10 @@ import sys
 from concurrent.futures import Future, as_completed
 from pathlib import Path
 
+from config.effective import convert_settings
 from config.errors import ConfigError
-from config.settings import ICC_POLICIES, LAYOUTS, MODES, BatchSettings, ConversionOptions
+from config.flags import add_convert_arguments
+from config.settings import ConversionOptions
 from converter.conversion.convert import convert_series
 from converter.source.discover import discover, safe_name
 from converter.executors.local import make_executor
@@ -18,22 +20,12 @@ from converter.conversion.report import ConversionReport
 log = logging.getLogger("wsi_node.convert")
 
 
-def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
-    """Engine options, shared with the batch converter and the node."""
-    d = ConversionOptions()
-    parser.add_argument("--mode", choices=MODES, default=d.mode, help="copy JPEG frames byte for byte, re-encode, or auto (copy where possible) [%(default)s]")
-    parser.add_argument("--quality", "-q", type=int, default=d.quality, help="JPEG quality 1-100 of re-encoded tiles [%(default)s]")
-    parser.add_argument("--tile-size", "-t", type=int, default=d.tile_size, help="tile size of re-encoded pyramids, a multiple of 16 [%(default)s]")
-    parser.add_argument("--layout", choices=LAYOUTS, default=d.layout, help="generic pyramidal TIFF, or Aperio-compatible svs [%(default)s]")
-    parser.add_argument("--icc", choices=ICC_POLICIES, default=d.icc, help="strip the ICC profile or keep (embed) it [%(default)s]")
-    parser.add_argument("--no-label", action="store_true", help="drop the label image (it often shows patient identity)")
+def options_from_args(args: argparse.Namespace) -> ConversionOptions:
+    """Engine options from the parsed flags, checked by the option table (ConfigError names the flag).
 
-
-def options_from_args(args: argparse.Namespace, max_concurrent: int = 1) -> ConversionOptions:
-    """The same mapping (and thread split) as the batch converter's settings."""
-    settings = BatchSettings(mode=args.mode, quality=args.quality, tile_size=args.tile_size, layout=args.layout,
-                             icc=args.icc, no_label=args.no_label, max_concurrent=max(1, max_concurrent))
-    return settings.conversion_options()
+    The same mapping (and thread split over --max-concurrent) as the batch converter's settings.
+    """
+    return convert_settings(vars(args)).conversion_options()
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -41,8 +33,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.description = "Convert DICOM whole-slide image series to pyramidal tiled TIFF, verified against the source."
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM files or folders (any names, any order, one or more series)")
     parser.add_argument("-o", "--output", default=".", help="output folder, or a .tif/.tiff file name when the input is one series [current folder]")
-    parser.add_argument("--max-concurrent", "-c", type=int, default=2, help="series converted in parallel [%(default)s]")
-    add_conversion_arguments(parser)
+    add_convert_arguments(parser)  # engine settings and --max-concurrent, from config.options
     return parser
 
 
@@ -61,9 +52,7 @@ def _summary(report: ConversionReport) -> str:
 
 def run_convert(args: argparse.Namespace) -> int:
     try:
-        options = options_from_args(args, args.max_concurrent)
-        if args.max_concurrent < 1:
-            raise ConfigError(f"--max-concurrent {args.max_concurrent} must be at least 1.", "Use e.g. --max-concurrent 2.")
+        options = options_from_args(args)
     except ConfigError as exc:
         print(f"wsi-node convert: {exc}", file=sys.stderr)
         return 2

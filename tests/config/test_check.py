@@ -13,10 +13,9 @@ import pytest
 import yaml
 
 from config.check import run_check, run_show
-from config.loader import load_batch_settings
-from config.node_options import NODE_OPTIONS
+from config.effective import effective_settings, load_batch_settings
+from config.options import NODE_OPTIONS
 from config.settings import BatchSettings
-from scp.cli import effective_settings
 from tests.config.test_loader import SYSTEMD_ANALYZE, _verify, unit_keys
 
 REPO = Path(__file__).resolve().parents[2]

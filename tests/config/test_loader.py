@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from config.errors import ConfigError
-from config.loader import build_batch_parser, load_batch_settings, validate_batch_settings
+from config.effective import load_batch_settings
+from config.flags import batch_parser as build_batch_parser
+from config.folders import validate_batch_settings
 from config.settings import BatchSettings, ConversionOptions
 
 REPO = Path(__file__).resolve().parents[2]
