@@ -256,6 +256,10 @@ def read_config_file(path: Path, named_by: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- layers
 
 
+_FAILED = object()
+"""What _collecting returns for a problem it kept, distinct from every parsed value (None included)."""
+
+
 def _collecting(errors: list[ConfigError] | None, action: Callable[[], Any]) -> Any:
     """Run action; with an errors list (config check), keep going after a problem instead of raising it."""
     try:
@@ -264,7 +268,7 @@ def _collecting(errors: list[ConfigError] | None, action: Callable[[], Any]) -> 
         if errors is None:
             raise
         errors.append(exc)
-        return None
+        return _FAILED
 
 
 def _spellings(options: Sequence[Option]) -> dict[str, Option]:
@@ -322,8 +326,8 @@ def file_layer(
         if key != NODE_SECTION:
             _collecting(errors, lambda: _entry(out, key, raw, path, node=False))
             continue
-        section = _collecting(errors, lambda: node_section(data, path)) or {}
-        if with_node:
+        section = _collecting(errors, lambda: node_section(data, path))
+        if with_node and section is not _FAILED:
             for node_key, node_raw in section.items():
                 _collecting(errors, lambda: _entry(out, node_key, node_raw, path, node=True))
     return out
@@ -338,7 +342,7 @@ def env_layer(
         if opt.env in environ:
             origin = Origin.env_of(opt)
             value = _collecting(errors, lambda: parse_text(opt, environ[opt.env], origin))
-            if value is not None or opt.kind == "file":
+            if value is not _FAILED:
                 out[opt.field] = (value, origin)
     return out
 

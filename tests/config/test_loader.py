@@ -1,8 +1,8 @@
 """Batch converter settings: layering, messages, folder checks, shipped config files.
 
 The expected flag and env var names are written out here rather than taken
-from config.loader: they are part of the interface (unit files, env files and
-scripts depend on them), so a rename must fail a test.
+from the option table (config.options): they are part of the interface (unit
+files, env files and scripts depend on them), so a rename must fail a test.
 """
 
 from __future__ import annotations
