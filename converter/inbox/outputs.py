@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 from converter.conversion.run import sidecar_path
+from converter.inbox import naming
 from converter.inbox.state import FileRow, StateStore
-from converter.source.discover import safe_name
 from converter.source.instance import WsiInstance
+
+log = logging.getLogger("wsi_node.batch")
 
 
 def sop_fingerprint(instances: list[WsiInstance]) -> list[str]:
@@ -31,22 +34,35 @@ def unique_by_sop(instances: list[WsiInstance]) -> list[WsiInstance]:
     return list(seen.values())
 
 
-def target_for(uid: str, members: list[FileRow], serving: Path, naming: str, store: StateStore) -> Path:
-    """The output path of series `uid` (whose inbox files are `members`) in `serving`."""
+def target_for(uid: str, members: list[FileRow], serving: Path, naming_rule: str, store: StateStore) -> Path:
+    """The output path of series `uid` (whose inbox files are `members`) in `serving`.
+
+    Names follow :mod:`converter.inbox.naming`: a drop's name is kept as it is (Unicode, spaces,
+    dots); a dropped file loses only its extension (``a.b.dcm`` -> ``a.b.tiff``). A drop name the
+    rules refuse (control characters, ...) is not used: the output is named by the UID and the
+    reason is logged. Two series never get one name: several series in one drop, or a name another
+    series published, get ``-<8 hex digits of sha1(uid)>`` before ``.tiff``.
+    """
     current = store.series(uid)
     if current and current.get("output"):
         return Path(current["output"])
-    if naming == "drop-name":
+    tag = hashlib.sha1(uid.encode()).hexdigest()[:8]
+    name = naming.with_extension(naming.uid_name(uid), ".tiff")
+    if naming_rule == "drop-name":
         unit = members[0].rel.split("/", 1)[0]
-        base = safe_name(Path(unit).stem if "/" not in members[0].rel else unit)
-        others = {r.series_uid for r in store.files().values() if r.kind == "dicom" and r.rel.split("/", 1)[0] == unit}
-        if len(others) > 1:
-            base = f"{base}-{hashlib.sha1(uid.encode()).hexdigest()[:8]}"
-    else:
-        base = safe_name(uid)
-    target = serving / f"{base}.tiff"
+        base = unit if "/" in members[0].rel else naming.split_name(unit)[0]
+        why = naming.refusal(base + ".tiff")
+        if why is not None:
+            log.warning("series %s: the drop name cannot name the output (%s); using the SeriesInstanceUID. "
+                        "Fix: rename the drop", uid, why)
+        else:
+            name = naming.with_extension(base, ".tiff")
+            others = {r.series_uid for r in store.files().values() if r.kind == "dicom" and r.rel.split("/", 1)[0] == unit}
+            if len(others) > 1:
+                name = naming.tagged(name, tag)
+    target = serving / name
     if target.exists() and _sidecar_uid(target) not in (None, uid):
-        target = serving / f"{base}-{hashlib.sha1(uid.encode()).hexdigest()[:8]}.tiff"
+        target = serving / naming.tagged(name, tag)
     return target
 
 

@@ -7,16 +7,14 @@ with a message naming the file and the fix; nothing is skipped silently.
 from __future__ import annotations
 
 import os
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from converter.errors import InputError
+from converter.inbox import naming
 from converter.source.instance import WsiInstance, read_instance
-
-_UID_SAFE = re.compile(r"[^0-9A-Za-z._-]")
 
 
 @dataclass
@@ -70,6 +68,11 @@ def discover(inputs: Iterable[str | Path]) -> Discovery:
 
 
 def safe_name(value: str) -> str:
-    """A file-name-safe form of a UID or name: no separators, no '..', never empty."""
-    cleaned = _UID_SAFE.sub("_", value).strip("._") or "unnamed"
-    return cleaned[:200]
+    """The output file name for a file name or a UID (rules: :mod:`converter.inbox.naming`).
+
+    A safe name is kept as it is, stem and extension (Unicode, spaces, several dots); a UID is a
+    safe name. A name the rules refuse (control characters, '/', '..', not UTF-8) comes back in its
+    escaped spelling (``%XX``) so that this never raises; callers that must refuse such names check
+    :func:`converter.inbox.naming.refusal` first (the passthrough check does, and quarantines the file).
+    """
+    return naming.output_name(naming.escaped(value))
