@@ -1,7 +1,9 @@
 """Frame encoders, one per transfer syntax, and the probe of which ones this machine has.
 
 :func:`_encoder_for` turns a rendered frame into the bytes of one frame in the spec's transfer
-syntax (JPEG Baseline YCbCr or RGB, JPEG 2000 lossy or lossless, JPEG-LS, HTJ2K, native);
+syntax (JPEG Baseline YCbCr or RGB, JPEG 2000 lossy or lossless, JPEG-LS, HTJ2K, lossless JPEG,
+native), with the components the spec's ``sample_colour`` asks for (RGB, full-range YCbCr, or
+the J2K codec's own transform);
 :func:`available_transfer_syntaxes` tells which of them the installed imagecodecs can really encode.
 """
 
@@ -32,10 +34,34 @@ def _strip_spiff(data: bytes) -> bytes:
     return bytes(out)
 
 
+def rgb_to_ybr_full(a: np.ndarray) -> np.ndarray:
+    """RGB to full-range YCbCr, the YBR_FULL equations of PS3.3 C.7.6.3.1.2 (JFIF's), rounded.
+
+    Written here rather than imported from the converter, so the generator stays an independent
+    ground truth for the converter's own inverse.
+    """
+    if a.ndim == 2:
+        return a
+    r, g, b = (a[..., i].astype(np.float64) for i in range(3))
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 128.0 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 128.0 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    return np.clip(np.rint(np.stack((y, cb, cr), axis=-1)), 0, 255).astype(np.uint8)
+
+
 def _encoder_for(spec: SlideSpec) -> Callable[[np.ndarray], bytes]:
     """The frame encoder for the spec's transfer syntax (raises NotImplementedError if absent)."""
+    inner = _codec_for(spec)
+    if spec.sample_colour != "ybr_full":
+        return inner
+    return lambda a: inner(rgb_to_ybr_full(a))
+
+
+def _codec_for(spec: SlideSpec) -> Callable[[np.ndarray], bytes]:
     ts = spec.transfer_syntax
     q = spec.quality
+    # J2K/HTJ2K: the COD multi-component transformation only for the default / "mct" samples.
+    mct = spec.sample_colour in (None, "mct")
     if ts == "jpeg":
         sub = spec.subsampling
 
@@ -69,11 +95,13 @@ def _encoder_for(spec: SlideSpec) -> Callable[[np.ndarray], bytes]:
         def enc(a: np.ndarray) -> bytes:
             if lossless:
                 return bytes(
-                    imagecodecs.jpeg2k_encode(a, codecformat="J2K", reversible=True, numthreads=1)
+                    imagecodecs.jpeg2k_encode(
+                        a, codecformat="J2K", reversible=True, mct=mct, numthreads=1
+                    )
                 )
             return bytes(
                 imagecodecs.jpeg2k_encode(
-                    a, level=psnr, codecformat="J2K", reversible=False, numthreads=1
+                    a, level=psnr, codecformat="J2K", reversible=False, mct=mct, numthreads=1
                 )
             )
 
@@ -88,7 +116,23 @@ def _encoder_for(spec: SlideSpec) -> Callable[[np.ndarray], bytes]:
             raise NotImplementedError("this imagecodecs build cannot encode HTJ2K")
 
         def enc(a: np.ndarray) -> bytes:
-            return bytes(imagecodecs.htj2k_encode(a, reversible=True, rgb=a.ndim == 3))
+            return bytes(imagecodecs.htj2k_encode(a, reversible=True, rgb=a.ndim == 3 and mct))
+
+        return enc
+    if ts == "jpeg-lossless":
+        # libjpeg-turbo's lossless mode (process 14, predictor 1 = selection value 1) never
+        # converts colour: RGB input gets an Adobe APP14 marker (transform 0) and component ids
+        # 'R','G','B'; YCbCr input (sample_colour "ybr_full") a JFIF marker and ids 1, 2, 3.
+        space = "YCBCR" if spec.sample_colour == "ybr_full" else "RGB"
+
+        def enc(a: np.ndarray) -> bytes:
+            if a.ndim == 2:
+                return bytes(imagecodecs.jpeg8_encode(a, lossless=True, predictor=1))
+            return bytes(
+                imagecodecs.jpeg8_encode(
+                    a, lossless=True, predictor=1, colorspace=space, outcolorspace=space
+                )
+            )
 
         return enc
     if ts in _NATIVE:

@@ -12,6 +12,7 @@ entropy_srcs=...)`` ignores the entropy and returns a random UUID, so it cannot 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -26,6 +27,7 @@ from pydicom.uid import (
     JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGLosslessSV1,
     JPEGLSLossless,
 )
 
@@ -41,6 +43,7 @@ TRANSFER_SYNTAX_UIDS: dict[str, str] = {
     "jpeg2000-lossless": str(JPEG2000Lossless),
     "jpegls": str(JPEGLSLossless),
     "htj2k": str(HTJ2KLossless),  # .201 is lossless-only, so HTJ2K frames are reversible
+    "jpeg-lossless": str(JPEGLosslessSV1),  # .70, process 14 selection value 1 (SOF3)
     "explicit": str(ExplicitVRLittleEndian),
     "implicit": str(ImplicitVRLittleEndian),
 }
@@ -49,6 +52,15 @@ _LOSSY = frozenset({"jpeg", "jpeg-rgb", "jpeg2000"})
 _LOSSY_METHOD = {"jpeg": "ISO_10918_1", "jpeg-rgb": "ISO_10918_1", "jpeg2000": "ISO_15444_1"}
 _OFFSET_TABLES = frozenset({"basic", "extended", "empty"})
 _SUBSAMPLINGS = frozenset({"420", "422", "444"})
+#: ``SlideSpec.sample_colour`` values and the syntaxes that can write each (None = the default).
+_SAMPLE_COLOURS = {
+    "rgb": frozenset({"jpeg2000", "jpeg2000-lossless", "htj2k", "jpegls", "jpeg-lossless", "explicit", "implicit"}),
+    "ybr_full": frozenset({"jpeg2000", "jpeg2000-lossless", "htj2k", "jpegls", "jpeg-lossless", "explicit", "implicit"}),
+    "mct": frozenset({"jpeg2000", "jpeg2000-lossless", "htj2k"}),
+}
+#: Fields added after the first release: left out of the spec key while at their default, so
+#: the series (UIDs, bytes) of every older spec stay what they were.
+_KEY_DEFAULTS = {"sample_colour": None}
 
 # Name-based UIDs: a fixed namespace, so the same inputs give the same UID on every machine.
 _UID_NAMESPACE = uuid.UUID("6f1c1f52-3b7e-5a53-9d0c-7e1f5b0d6a11")
@@ -94,7 +106,8 @@ class SlideSpec:
     downsamples: tuple[int, ...] | None = None
     #: "jpeg" (Baseline, YCbCr JFIF), "jpeg-rgb" (Baseline, Adobe APP14 transform 0, no
     #: subsampling), "jpeg2000" (lossy, ICT), "jpeg2000-lossless" (RCT), "jpegls" (lossless),
-    #: "htj2k" (.201, lossless, RCT), "explicit" / "implicit" (native little endian).
+    #: "htj2k" (.201, lossless, RCT), "jpeg-lossless" (.70, SOF3 predictor 1, RGB with an Adobe
+    #: marker), "explicit" / "implicit" (native little endian). See also ``sample_colour``.
     transfer_syntax: str = "jpeg"
     #: Chroma subsampling of "jpeg": "420", "422" or "444".
     subsampling: str = "420"
@@ -138,6 +151,13 @@ class SlideSpec:
     pixel_spacing_mm: tuple[float, float] = (0.00025, 0.0005)
     #: Seeds every UID and random choice: same spec => byte-identical files.
     seed: int = 0
+    #: What the encoded components are, for the codecs where that is a choice: "rgb" (no colour
+    #: transform: J2K/HTJ2K with the COD multi-component transformation off, JPEG-LS, lossless
+    #: JPEG with an Adobe marker, native), "ybr_full" (full-range YCbCr computed before
+    #: encoding, codec transform off; lossless JPEG gets a JFIF marker), "mct" (J2K/HTJ2K's own
+    #: RCT/ICT, COD MCT = 1). None = the syntax's default (J2K/HTJ2K: mct; others: rgb). The
+    #: label follows (RGB, YBR_FULL, YBR_ICT/YBR_RCT) unless ``photometric`` overrides it.
+    sample_colour: str | None = None
 
     def __post_init__(self) -> None:
         """Reject impossible combinations early, with a message that says how to fix them."""
@@ -150,6 +170,13 @@ class SlideSpec:
             problems.append(
                 f"transfer_syntax {self.transfer_syntax!r} unknown; use one of "
                 f"{sorted(TRANSFER_SYNTAX_UIDS)}"
+            )
+        if self.sample_colour is not None and self.transfer_syntax not in _SAMPLE_COLOURS.get(
+            self.sample_colour, ()
+        ):
+            problems.append(
+                f"sample_colour {self.sample_colour!r} cannot be written as {self.transfer_syntax!r}; "
+                f"choices: {', '.join(f'{k} ({sorted(v)})' for k, v in _SAMPLE_COLOURS.items())}"
             )
         if self.subsampling not in _SUBSAMPLINGS:
             problems.append(f"subsampling must be one of {sorted(_SUBSAMPLINGS)}")
@@ -276,6 +303,10 @@ def expected_photometric(spec: SlideSpec) -> str:
     if spec.samples_per_pixel == 1:
         return "MONOCHROME2"
     ts = spec.transfer_syntax
+    if spec.sample_colour == "rgb":
+        return "RGB"
+    if spec.sample_colour == "ybr_full":
+        return "YBR_FULL"
     if ts == "jpeg":
         return "YBR_FULL" if spec.subsampling == "444" else "YBR_FULL_422"
     if ts == "jpeg2000":
@@ -296,8 +327,18 @@ def _uid(*parts: object) -> str:
 
 
 def _spec_key(spec: SlideSpec) -> str:
-    """Digest of every field, so that different specs never share a series."""
-    return hashlib.sha256(repr(spec).encode()).hexdigest()[:32]
+    """Digest of every field, so that different specs never share a series.
+
+    The text hashed is the dataclass repr, minus the later fields still at their default
+    (``_KEY_DEFAULTS``), so adding a field never changes the series of an existing spec.
+    """
+    parts = [
+        f"{f.name}={getattr(spec, f.name)!r}"
+        for f in dataclasses.fields(spec)
+        if not (f.name in _KEY_DEFAULTS and getattr(spec, f.name) == _KEY_DEFAULTS[f.name])
+    ]
+    text = f"{type(spec).__qualname__}({', '.join(parts)})"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def series_uids(spec: SlideSpec) -> tuple[str, str]:
