@@ -65,6 +65,8 @@ def _http_settings(a: argparse.Namespace):
     return HttpSettings(
         bind=a.http_bind, port=a.http_port, max_request_bytes=a.http_max_request_mb << 20,
         tokens=tuple(dict.fromkeys(tokens)), users=users,
+        max_concurrent=a.http_max_concurrent, max_parts=a.http_max_parts, idle_timeout=a.http_idle_timeout,
+        max_part_bytes=a.max_instance_mb << 20,
         tls_cert=Path(a.http_tls_cert) if a.http_tls_cert else None,
         tls_key=Path(a.http_tls_key) if a.http_tls_key else None,
     )
@@ -113,6 +115,8 @@ def run_serve(argv: list[str]) -> int:
             tls_key=Path(node_args.tls_key) if node_args.tls_key else None,
             tls_ca=Path(node_args.tls_ca) if node_args.tls_ca else None,
             tls_require_client_cert=node_args.tls_require_client_cert,
+            max_instance_bytes=node_args.max_instance_mb << 20, max_pdu_bytes=node_args.max_pdu_kb << 10,
+            acse_timeout=node_args.acse_timeout, network_timeout=node_args.idle_timeout,
         )
         http = _http_settings(node_args)
     except ConfigError as exc:

@@ -22,9 +22,16 @@ def _ignore_closed(association: str) -> None:
     pass
 
 
+def _ignore_refused(protocol: str, reason: str) -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class ReceiverEvents:
     on_stored: Callable[[StoreResult, str], None] = _ignore_stored
     """`on_stored(result, association)`: a successful store (stored, duplicate or replaced)."""
     on_closed: Callable[[str], None] = _ignore_closed
     """`on_closed(association)`: the association or request is over; the series may settle."""
+    refused: Callable[[str, str], None] = _ignore_refused
+    """`refused(protocol, reason)`: an instance or request was refused ("dimse"/"stow"; a short reason
+    key such as "no-space", "too-large", "invalid", "error", "limit"), for the /metrics refusal counter."""

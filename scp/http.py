@@ -4,6 +4,13 @@ The listening socket is bound in the caller's thread, so a port already in use f
 `start()` at once (like the DIMSE server) and port 0 gets a real port to report. `stop()`
 stops accepting connections, gives requests still running `graceful_seconds` to finish,
 then cancels them and joins the thread.
+
+Connection limits: at most `max_concurrent` connections and requests (uvicorn's
+limit_concurrency; more get 503), and no connection stays silent for longer than
+`idle_timeout`: uvicorn closes idle keep-alive connections itself, but it never times
+out a connection that sends nothing, or headers that trickle in, so the protocol class
+here adds a deadline for the request headers from the moment a connection opens and
+after each response (a slow-loris client is closed, not kept for ever).
 """
 
 from __future__ import annotations
@@ -18,10 +25,63 @@ import uvicorn
 
 log = logging.getLogger("wsi_node.http")
 
+DEFAULT_MAX_CONCURRENT = 32
+DEFAULT_IDLE_TIMEOUT = 30.0
+
+
+def deadline_protocol(timeout: float):
+    """uvicorn's httptools protocol with a deadline for each request's headers (None: httptools is missing)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - httptools is a dependency
+        return None
+
+    class HeaderDeadlineProtocol(HttpToolsProtocol):
+        _deadline = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(timeout, self._expired)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expired(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                log.warning("HTTP client %s sent no complete request headers for %g s: connection closed",
+                            "%s:%d" % self.client if self.client else "?", timeout)
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderDeadlineProtocol
+
 
 class HttpServer:
     def __init__(self, app, bind: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None,
-                 graceful_seconds: float = 30.0) -> None:
+                 graceful_seconds: float = 30.0, max_concurrent: int | None = None, idle_timeout: float | None = None) -> None:
+        # Limits not given: the StowReceiver's HttpSettings on the app, else the defaults.
+        settings = getattr(getattr(app, "state", None), "http_settings", None)
+        self.max_concurrent = max_concurrent or getattr(settings, "max_concurrent", DEFAULT_MAX_CONCURRENT)
+        self.idle_timeout = idle_timeout or getattr(settings, "idle_timeout", DEFAULT_IDLE_TIMEOUT)
         self.app = app
         self.bind = bind
         self.requested_port = port
@@ -52,6 +112,8 @@ class HttpServer:
         config = uvicorn.Config(
             self.app, host=self.bind, port=self.port, log_config=None, access_log=False, lifespan="off",
             server_header=False, timeout_graceful_shutdown=int(self.graceful_seconds) or None,
+            limit_concurrency=self.max_concurrent, timeout_keep_alive=self.idle_timeout,  # type: ignore[arg-type]  (call_later takes a float)
+            http=deadline_protocol(self.idle_timeout) or "auto",
             ssl_certfile=str(self.tls_cert) if self.tls_cert else None,
             ssl_keyfile=str(self.tls_key) if self.tls_key else None,
         )

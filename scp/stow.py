@@ -14,6 +14,13 @@ Parsing and storing run in a worker thread (one chunk of about 1 MiB at a time),
 event loop: a slow disk slows the sender down (TCP back-pressure), not the other requests.
 The response is the PS3.18 Annex I store instances response in `application/dicom+json`
 (stow_response.py); request-level errors are `text/plain` with the reason.
+
+Limits (HttpSettings): request body size (413 from Content-Length, or as soon as it is crossed),
+parts per request (413), part size (the part fails with 0xA700), free disk (507 before the body;
+a part that meets the reserve fails with 0xA700, and a request where nothing could be stored for
+lack of space is 507, PS3.18 10.5.3), a body that stalls for `idle_timeout` (408). Concurrent
+connections/requests and silent connections are limited in http.py. Temporary files belong to the
+request (scp.incoming.IncomingFiles) and are removed however it ends.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import base64
 import binascii
 import errno
 import hmac
+import asyncio
 import itertools
 import json
 import logging
@@ -36,9 +44,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from scp.events import ReceiverEvents
+from scp.incoming import IncomingFiles, SpaceRules
 from scp.storage import InstanceStore, valid_uid
 from scp.stow_body import StowRequest
-from scp.stow_response import Reject, dicom_json_response
+from scp.stow_response import OUT_OF_RESOURCES, Reject, dicom_json_response
 
 log = logging.getLogger("wsi_node.stow")
 
@@ -60,6 +69,14 @@ class HttpSettings:
     tls_key: Path | None = None
     graceful_seconds: float = 30.0
     """On stop, requests still running are given this long to finish, then cancelled."""
+    max_concurrent: int = 32
+    """Simultaneous connections and requests (uvicorn limit_concurrency); more get 503 (--http-max-concurrent)."""
+    max_parts: int = 1000
+    """Parts per STOW-RS request; more get 413 (--http-max-parts)."""
+    max_part_bytes: int = 8 << 30
+    """Largest part; a larger one is discarded and fails with 0xA700 (--max-instance-mb); 0: no cap."""
+    idle_timeout: float = 30.0
+    """A connection silent this long is closed: idle keep-alive, unfinished headers, a stalled body (--http-idle-timeout)."""
 
     @property
     def auth_required(self) -> bool:
@@ -74,10 +91,12 @@ class StowReceiver:
         self.store = store
         self.events = events
         self._ids = itertools.count(1)
+        self.incoming = IncomingFiles(SpaceRules(store.incoming, store.reserve_bytes, settings.max_part_bytes))
         self.app = Starlette(routes=[
             Route("/dicom-web/studies", self.stow, methods=["POST"]),
             Route("/dicom-web/studies/{study}", self.stow, methods=["POST"]),
         ])
+        self.app.state.http_settings = settings  # read by scp.http.HttpServer when it is not given its limits
 
     # --- checks before the body is read ----------------------------------------------------------
     def _authenticate(self, request: Request) -> str:
@@ -152,13 +171,14 @@ class StowReceiver:
                 raise Reject(507, f"free disk space is below the reserve of {self.store.reserve_bytes >> 20} MB")
         except Reject as exc:
             log.warning("STOW-RS from %s refused (HTTP %d): %s", client, exc.status, exc.reason)
+            self.events.refused("stow", f"http-{exc.status}")
             response = Response(exc.reason + "\n", exc.status, media_type="text/plain")
             if exc.status == 401:
                 self._challenge(response)
             return response
         peer = f"STOW{'/' + user if user else ''}@{client.rsplit(':', 1)[0]}"
         key = f"STOW{'/' + user if user else ''}@{client}#{next(self._ids)}"
-        body = StowRequest(self.store, self.events, boundary, study, key, peer)
+        body = StowRequest(self.store, self.events, boundary, study, key, peer, self.incoming, self.s.max_parts)
         try:
             await self._receive(request, body)
         except ClientDisconnect:
@@ -167,13 +187,22 @@ class StowReceiver:
             return self._failed_request(body, client, exc.status, exc.reason)
         except OSError as exc:  # the temporary file could not be created or written
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            return self._failed_request(body, client, 507 if full else 500, f"cannot write the received data: {exc}")
+            return self._failed_request(body, client, 507 if full else 500,
+                                        f"cannot write the received data ({errno.errorcode.get(exc.errno or 0, 'I/O error')})")
+        except Exception as exc:  # never a bare 500: the reason, one log line with the trace, a metric
+            log.exception("STOW-RS from %s failed unexpectedly (%s)", client, exc.__class__.__name__)
+            return self._failed_request(body, client, 500, f"internal error ({exc.__class__.__name__}); see the node log")
         finally:
             body.discard()
             self.events.on_closed(key)
         if not body.referenced and not body.failed:
             return self._failed_request(body, client, 400, "the multipart body holds no part")
-        status = 200 if not body.failed else 202 if body.referenced else 409
+        if body.referenced or not body.failed:
+            status = 200 if not body.failed else 202
+        elif all(reason == OUT_OF_RESOURCES for _, _, reason in body.failed):
+            status = 507  # nothing stored, for lack of space (PS3.18 10.5.3)
+        else:
+            status = 409
         framing = "chunked" if "chunked" in request.headers.get("transfer-encoding", "").lower() else "Content-Length"
         log.info("STOW-RS from %s: %d instance(s) stored, %d failed (HTTP %d; %d bytes, %s)",
                  client, len(body.referenced), len(body.failed), status, body.received, framing)
@@ -182,7 +211,7 @@ class StowReceiver:
     async def _receive(self, request: Request, body: StowRequest) -> None:
         limit = self.s.max_request_bytes
         pending = bytearray()
-        async for chunk in request.stream():
+        async for chunk in _with_idle_timeout(request.stream(), self.s.idle_timeout):
             body.received += len(chunk)
             if limit and body.received > limit:
                 raise Reject(413, f"request body is over the limit of {limit} bytes (--http-max-request-mb)")
@@ -195,7 +224,21 @@ class StowReceiver:
         await run_in_threadpool(body.finish)
 
     def _failed_request(self, body: StowRequest, client: str, status: int, reason: str) -> Response:
+        self.events.refused("stow", f"http-{status}")
         if body.referenced:
             reason += f" ({len(body.referenced)} complete instance(s) received before were stored and stay stored)"
         log.warning("STOW-RS from %s failed (HTTP %d): %s", client, status, reason)
         return Response(reason + "\n", status, media_type="text/plain")
+
+
+async def _with_idle_timeout(stream, timeout: float | None):
+    """The body chunks, ending the request with 408 when no byte arrives for `timeout` seconds."""
+    it = stream.__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(it.__anext__(), timeout) if timeout else await it.__anext__()
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise Reject(408, f"no body data for {timeout:g} s (--http-idle-timeout): request abandoned") from None
+        yield chunk

@@ -3,7 +3,10 @@
 The body is parsed as it arrives (python-multipart's streaming MultipartParser fed in chunks
 by the endpoint in stow.py), and every part goes straight to a temporary file in
 `inbox/.incoming/` (same filesystem as the inbox, ignored by the scanner), so memory stays
-bounded whatever the request size. The head of a part is checked to be DICOM Part 10 before
+bounded whatever the request size. The temporary file is a space-guarded scp.incoming.IncomingFile,
+registered under the request: a part that meets the disk reserve, the per-part size cap or a full
+disk is read and discarded and fails with 0xA700, and whatever the request leaves behind when it
+ends (in any way) is removed by `discard`. The head of a part is checked to be DICOM Part 10 before
 anything parses it; a complete part is stored exactly like a C-STORE instance
 (`InstanceStore.store_file`) and reported through the receiver's events. Separate from the
 HTTP endpoint because this side is synchronous, runs in a worker thread, and knows nothing of HTTP
@@ -12,24 +15,29 @@ beyond the `Reject` a malformed body ends with.
 
 from __future__ import annotations
 
+import errno
 import logging
-import os
-import tempfile
 import threading
 from pathlib import Path
 
 import pydicom
+from pydicom.filereader import read_file_meta_info
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from scp.dimse import WSI_TRANSFER_SYNTAXES
 from scp.events import ReceiverEvents
+from scp.incoming import IncomingFile, IncomingFiles
 from scp.storage import InstanceStore, StoreResult
-from scp.stow_response import CANNOT_UNDERSTAND, DOES_NOT_MATCH, FAILURE, OUT_OF_RESOURCES, Reject
+from scp.stow_response import (CANNOT_UNDERSTAND, DOES_NOT_MATCH, FAILURE, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED,
+                               TRANSFER_SYNTAX_NOT_SUPPORTED, Reject)
 
 log = logging.getLogger("wsi_node.stow")
 
+_REASON_KEYS = {OUT_OF_RESOURCES: "no-space", DOES_NOT_MATCH: "does-not-match", CANNOT_UNDERSTAND: "invalid",
+                SOP_CLASS_NOT_SUPPORTED: "not-wsi", TRANSFER_SYNTAX_NOT_SUPPORTED: "transfer-syntax"}
+
 PREAMBLE_LIMIT = 64 << 10  # bytes searched for the first boundary (RFC 2046 allows a preamble before it)
-ROOM_CHECK_BYTES = 64 << 20  # free disk is re-checked every this many bytes of a part
 DICM_HEAD = 140  # 128-byte preamble, "DICM", and the tag and VR of the first file meta element
 
 
@@ -49,19 +57,19 @@ class _Part:
         self.headers: dict[str, str] = {}
         self.field = bytearray()
         self.value = bytearray()
-        self.fp = None
+        self.fp: IncomingFile | None = None
         self.path: Path | None = None
         self.head = bytearray()
         self.written = 0
-        self.next_room_check = ROOM_CHECK_BYTES
         self.failure: tuple[int, str] | None = None
 
     def close(self, delete: bool) -> None:
         if self.fp is not None:
-            self.fp.close()
-            self.fp = None
-        if delete and self.path is not None:
-            self.path.unlink(missing_ok=True)
+            if delete:
+                self.fp.remove()
+                self.fp = None
+            else:
+                self.fp.close()
 
 
 class StowRequest:
@@ -71,8 +79,10 @@ class StowRequest:
     """
 
     def __init__(self, store: InstanceStore, events: ReceiverEvents, boundary: bytes, study: str | None, key: str,
-                 peer: str) -> None:
+                 peer: str, incoming: IncomingFiles, max_parts: int = 0) -> None:
         self.store, self.events = store, events
+        self.incoming = incoming
+        self.max_parts = max_parts
         self.boundary = boundary
         self.study = study
         self.key = key
@@ -126,18 +136,32 @@ class StowRequest:
     def discard(self) -> None:
         """Delete the temporary file of a part that did not complete (the request failed or was cut off)."""
         if not self.lock.acquire(blocking=False):
-            return  # a worker is still inside this request (cancelled at shutdown): clean_incoming removes it at the next start
+            # A worker is still inside this request (cancelled at shutdown, or a client gone mid-feed):
+            # remove what it has made once it is done; clean_incoming covers a process that dies first.
+            threading.Thread(target=self._discard_later, name="stow-discard", daemon=True).start()
+            return
         try:
-            if self.part is not None:
-                self.part.close(delete=True)
-                self.part = None
+            self._discard_now()
         finally:
             self.lock.release()
 
+    def _discard_later(self) -> None:
+        with self.lock:
+            self._discard_now()
+
+    def _discard_now(self) -> None:
+        if self.part is not None:
+            self.part.close(delete=True)
+            self.part = None
+        self.incoming.release(self.key)
+
     # --- parser callbacks ------------------------------------------------------------------------
     def _part_begin(self) -> None:
-        self.part = _Part()
         self.parts += 1
+        if self.max_parts and self.parts > self.max_parts:
+            self.events.refused("stow", "too-many-parts")
+            raise Reject(413, f"the request holds more than {self.max_parts} parts (--http-max-parts); send the rest in another request")
+        self.part = _Part()
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
         self.part.field += data[start:end]
@@ -157,13 +181,14 @@ class StowRequest:
         if media and media != "application/dicom":
             p.failure = (CANNOT_UNDERSTAND, f"part media type {media} is not application/dicom")
             return
-        fd, name = tempfile.mkstemp(prefix="stow-", suffix=".part", dir=self.store.incoming)
-        p.fp = os.fdopen(fd, "wb", buffering=1 << 20)
-        p.path = Path(name)
+        p.fp = self.incoming.open(self.key, prefix="stow-", suffix=".part")
+        p.path = p.fp.path
+        if p.fp.discarding:
+            p.failure = (OUT_OF_RESOURCES, p.fp.refusal)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         p = self.part
-        if p.fp is None:
+        if p.fp is None or p.failure is not None:
             return  # failed part: its remaining bytes are skipped
         chunk = memoryview(data)[start:end]
         if len(p.head) < DICM_HEAD:
@@ -174,11 +199,8 @@ class StowRequest:
                 return
         p.fp.write(chunk)
         p.written += len(chunk)
-        if p.written >= p.next_room_check:
-            p.next_room_check += ROOM_CHECK_BYTES
-            if not self.store.has_room():
-                p.failure = (OUT_OF_RESOURCES, "free disk space fell below the reserve while receiving")
-                p.close(delete=True)
+        if p.fp.discarding:  # below the reserve, over the part cap, or a full disk: the file is gone already
+            p.failure = (OUT_OF_RESOURCES, p.fp.refusal)
 
     def _part_end(self) -> None:
         p, self.part = self.part, None
@@ -189,10 +211,10 @@ class StowRequest:
             if p.failure is not None:
                 self._fail("", "", *p.failure)
             else:
-                self._store(p.path)
+                self._store_or_fail(p.path)
         finally:
-            if p.path is not None:
-                p.path.unlink(missing_ok=True)  # consumed by a successful store; left over otherwise
+            if p.fp is not None:
+                p.fp.remove()  # consumed (renamed) by a successful store; left over otherwise
 
     def _end(self) -> None:
         self.ended = True
@@ -200,10 +222,36 @@ class StowRequest:
     # --- storing ---------------------------------------------------------------------------------
     def _fail(self, sop_class: str, sop_uid: str, reason: int, message: str) -> None:
         self.failed.append((sop_class, sop_uid, reason))
+        self.events.refused("stow", _REASON_KEYS.get(reason, "error"))
         log.warning("STOW-RS from %s: part %d%s refused (0x%04X): %s", self.peer, self.parts,
                     f" ({sop_uid})" if sop_uid else "", reason, message)
 
+    def _store_or_fail(self, path: Path) -> None:
+        """Store one complete part; whatever goes wrong becomes this part's failure, never the request's."""
+        try:
+            self._store(path)
+        except Exception as exc:  # an unforeseen input: one log line with the trace, a failure reason
+            log.exception("STOW-RS from %s: part %d failed unexpectedly (%s)", self.peer, self.parts, exc.__class__.__name__)
+            self._fail("", "", CANNOT_UNDERSTAND, f"internal error ({exc.__class__.__name__}); see the node log")
+
+    def _transfer_syntax_problem(self, path: Path) -> tuple[int, str] | None:
+        """The part's file meta must name a transfer syntax the DIMSE receiver accepts too (PS3.10 7.1)."""
+        try:
+            meta = read_file_meta_info(path)
+        except Exception as exc:
+            return CANNOT_UNDERSTAND, f"the file meta information cannot be parsed ({exc.__class__.__name__})"
+        ts = str(meta.get("TransferSyntaxUID", "") or "").strip()
+        if not ts:
+            return CANNOT_UNDERSTAND, "the file meta information has no Transfer Syntax UID (0002,0010)"
+        if ts not in WSI_TRANSFER_SYNTAXES:
+            return TRANSFER_SYNTAX_NOT_SUPPORTED, f"transfer syntax {ts[:64]} is not supported"
+        return None
+
     def _store(self, path: Path) -> None:
+        problem = self._transfer_syntax_problem(path)
+        if problem is not None:
+            self._fail("", "", *problem)
+            return
         if self.study is not None:
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SOPClassUID", "SOPInstanceUID"])
@@ -217,11 +265,13 @@ class StowRequest:
         try:
             result = self.store.store_file(path, self.peer)
         except OSError as exc:
-            log.error("STOW-RS from %s: write failed: %s", self.peer, exc)
-            result = StoreResult("error", f"write failed: {exc}")
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            log.error("STOW-RS from %s: part %d: write failed: %s", self.peer, self.parts, exc.strerror or exc)
+            result = StoreResult("no-space" if full else "error", "disk full while storing" if full else "write failed")
         if result.ok:
             log.info("stored %s from %s (%s)", result.sop_instance_uid, self.peer, result.status)
             self.referenced.append((result.sop_class_uid, result.sop_instance_uid))
             self.events.on_stored(result, self.key)
         else:
-            self._fail(result.sop_class_uid, result.sop_instance_uid, FAILURE[result.status], result.message)
+            message = result.message.replace(str(path), "the part").replace(path.name, "the part")
+            self._fail(result.sop_class_uid, result.sop_instance_uid, FAILURE.get(result.status, CANNOT_UNDERSTAND), message)

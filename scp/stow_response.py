@@ -14,9 +14,11 @@ OUT_OF_RESOURCES = 0xA700
 DOES_NOT_MATCH = 0xA900  # data set does not match SOP class; also: Study Instance UID does not match the URL
 CANNOT_UNDERSTAND = 0xC000  # not DICOM Part 10, unparsable, missing/invalid UIDs, part media type not application/dicom
 SOP_CLASS_NOT_SUPPORTED = 0x0122  # not a whole-slide image
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122  # Referenced Transfer Syntax not supported (PS3.18 Annex I): not one DIMSE accepts
 
 FAILURE = {
     "no-space": OUT_OF_RESOURCES,
+    "too-large": OUT_OF_RESOURCES,
     "error": OUT_OF_RESOURCES,
     "invalid": CANNOT_UNDERSTAND,
     "not-wsi": SOP_CLASS_NOT_SUPPORTED,

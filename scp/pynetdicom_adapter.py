@@ -1,0 +1,193 @@
+"""The few places where wsi-node reaches into pynetdicom's internals, in one reviewed file.
+
+pynetdicom has no setting for three things the node needs, so they are changed here, and only
+for the pynetdicom versions this file was written against (checked at start: another version
+fails loudly, naming this file, instead of misbehaving quietly):
+
+1. Where a received C-STORE data set is streamed (dimse_messages.NamedTemporaryFile, called
+   by DIMSEMessage.decode_msg in the DUL thread): a factory that returns a space-guarded
+   `scp.incoming.IncomingFile` of the association whose DUL thread asks for it.
+2. How a PDU is read (DULServiceProvider._read_pdu_data): pynetdicom reads a PDU's whole body
+   with `recv(pdu_length)`, whatever length the peer announces. Here the announced length is
+   checked first, against the maximum PDU length the node advertised (PS3.8 D.1: the maximum
+   length of the variable field of a P-DATA-TF PDU) for P-DATA-TF, and against a small cap for
+   every other PDU type; a longer PDU is answered with A-ABORT (PS3.8 9.3.8, source
+   service-provider, invalid PDU parameter value) and the connection is closed before its body
+   is read. The body is read with recv_into into one preallocated buffer, 1 MiB at a time,
+   under the association's network timeout, instead of pynetdicom's 4 KiB loop without one.
+3. Which associations count towards `maximum_associations` (acse.py counts every acceptor
+   thread, so TCP connections that never send an A-ASSOCIATE-RQ lock real senders out):
+   `NodeAE` counts only associations whose A-ASSOCIATE-RQ has arrived. Connections that send
+   nothing are closed by the ARTIM timer after the ACSE timeout (PS3.8 9.1.5).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from typing import Callable
+
+import pynetdicom
+from pynetdicom import AE, dimse_messages
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+
+from config.errors import WsiNodeError
+
+log = logging.getLogger("wsi_node.dimse")
+
+SUPPORTED_VERSIONS = ("3.0.4",)
+OTHER_PDU_LIMIT = 256 << 10
+"""Largest A-ASSOCIATE-RQ (or any PDU but P-DATA-TF) read; Orthanc's ~127 contexts take ~15 KB."""
+RECV_CHUNK = 1 << 20
+
+_original_read_pdu_data = DULServiceProvider._read_pdu_data
+_installed = False
+
+
+class PynetdicomVersionError(WsiNodeError):
+    """The installed pynetdicom is not a version scp/pynetdicom_adapter.py was written for."""
+
+
+def check_version(version: str | None = None) -> None:
+    version = version or pynetdicom.__version__
+    if version not in SUPPORTED_VERSIONS:
+        raise PynetdicomVersionError(
+            f"pynetdicom {version} is installed, but scp/pynetdicom_adapter.py was written for pynetdicom "
+            f"{', '.join(SUPPORTED_VERSIONS)} (it replaces DULServiceProvider._read_pdu_data and "
+            "dimse_messages.NamedTemporaryFile, and relies on acse.py counting AE.active_associations).",
+            f"Install pynetdicom=={SUPPORTED_VERSIONS[-1]}, or review scp/pynetdicom_adapter.py against pynetdicom "
+            f"{version}'s dul.py, dimse_messages.py and acse.py and add the version to SUPPORTED_VERSIONS.")
+
+
+def install(writer_factory: Callable[[object], object]) -> None:
+    """Check the version, then route chunked C-STORE data sets to `writer_factory(association)` and bound PDU reads.
+
+    `writer_factory` is called in pynetdicom's DUL thread with the Association (or None when
+    called from elsewhere) and returns an object with `write`, `name`, `file.flush()`, `close`.
+    """
+    global _installed
+    check_version()
+
+    def named_temporary_file(*_args: object, **_kwargs: object) -> object:
+        thread = threading.current_thread()
+        assoc = thread.assoc if isinstance(thread, DULServiceProvider) else None
+        return writer_factory(assoc)
+
+    dimse_messages.NamedTemporaryFile = named_temporary_file
+    DULServiceProvider._read_pdu_data = _read_pdu_data_bounded
+    _installed = True
+
+
+def dataset_writer(event) -> object | None:
+    """The writer that received this C-STORE event's data set (what `install`'s factory returned)."""
+    return getattr(event.request, "_dataset_file", None)
+
+
+def pdu_limit(dul: DULServiceProvider, pdu_type: int) -> int:
+    """The longest PDU body accepted from the peer: the advertised maximum for P-DATA-TF, a small cap otherwise."""
+    if pdu_type != 0x04:
+        return OTHER_PDU_LIMIT
+    assoc = dul.assoc
+    advertised = assoc.ae.maximum_pdu_size if assoc.is_acceptor else assoc.requestor.maximum_length
+    return int(advertised or 0)  # 0: the node advertised no limit
+
+
+def _recv_exactly(sock, n: int, timeout: float | None) -> bytearray:
+    """n bytes from a socket into one buffer (shorter if the peer closed); raises on timeout or error."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    if timeout is not None and sock.gettimeout() is None:
+        sock.settimeout(timeout)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], min(n - got, RECV_CHUNK))
+        if not k:
+            del view
+            del buf[got:]
+            return buf
+        got += k
+    return buf
+
+
+def _read_pdu_data_bounded(self: DULServiceProvider) -> None:
+    """DULServiceProvider._read_pdu_data (pynetdicom 3.0.4 dul.py) with the announced length checked first."""
+    wrapper = self.socket
+    sock = wrapper.socket if wrapper is not None else None
+    if sock is None:
+        self.event_queue.put("Evt17")
+        return
+    timeout = self.assoc.network_timeout
+    try:
+        header = _recv_exactly(sock, 6, timeout)
+    except (OSError, TimeoutError):
+        self.event_queue.put("Evt17")  # transport closed or timed out
+        return
+    if len(header) != 6:
+        self.event_queue.put("Evt17")
+        return
+    pdu_type, _, pdu_length = struct.unpack(">BBL", header)
+    if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+        log.warning("DICOM peer %s sent an unknown PDU type 0x%02X: association aborted", _peer(self), pdu_type)
+        self.event_queue.put("Evt19")
+        return
+    limit = pdu_limit(self, pdu_type)
+    if limit and pdu_length > limit:
+        log.warning("DICOM peer %s announced a PDU (type 0x%02X) of %d bytes, over the %d bytes accepted: "
+                    "aborted before reading it (a sender must honour the maximum PDU length the node advertises)",
+                    _peer(self), pdu_type, pdu_length, limit)
+        _abort_and_close(self)
+        return
+    try:
+        body = _recv_exactly(sock, pdu_length, timeout)
+    except (OSError, TimeoutError):
+        log.warning("DICOM peer %s: connection closed or silent for %s s in the middle of a PDU", _peer(self), timeout)
+        self.event_queue.put("Evt17")
+        return
+    if len(body) != pdu_length:
+        self.event_queue.put("Evt17")
+        return
+    header += body
+    del body
+    try:
+        pdu, event = self._decode_pdu(header)
+    except Exception as exc:
+        log.warning("DICOM peer %s sent a PDU that cannot be decoded (%s): association aborted", _peer(self), exc)
+        self.event_queue.put("Evt19")
+        return
+    self.event_queue.put(event)
+    self._recv_pdu.put(pdu)
+
+
+def _abort_and_close(dul: DULServiceProvider) -> None:
+    """Send A-ABORT (source service-provider, reason invalid PDU parameter value) and close the transport."""
+    pdu = A_ABORT_RQ()
+    pdu.source = 0x02
+    pdu.reason_diagnostic = 0x06
+    try:
+        dul.socket.send(pdu.encode())
+    except Exception:  # the peer may be gone already
+        pass
+    dul.socket.close()  # puts Evt17 on the event queue: the association ends (AA-4 / AA-5)
+
+
+def _peer(dul: DULServiceProvider) -> str:
+    try:
+        r = dul.assoc.requestor
+        return f"{r.ae_title or '?'}@{r.address}:{r.port}"
+    except Exception:
+        return "?"
+
+
+class NodeAE(AE):
+    """An AE whose association limit counts only peers that sent an A-ASSOCIATE-RQ.
+
+    acse.py (_negotiate_as_acceptor) compares the acceptors in `active_associations` with
+    `maximum_associations`; connections still silent (no request yet) are left out here, so they
+    cannot lock real senders out. They live at most the ACSE timeout (the ARTIM timer).
+    """
+
+    @property
+    def active_associations(self):
+        return [a for a in super().active_associations if not a.is_acceptor or a.requestor.primitive is not None]
