@@ -26,10 +26,13 @@ Structural completeness (see :func:`assess` for the details):
   planes x optical paths frames; TILED_SPARSE levels (and any instance with explicit per-frame
   positions) need the frames their instances declare;
 * every concatenation has all its parts;
-* the pyramid reaches a small level (:data:`SMALL_LEVEL_PX`, :func:`reaches_small_level`).
+* the pyramid reaches a small level (:data:`SMALL_LEVEL_PX`, :func:`reaches_small_level`);
+* the ORIGINAL level has arrived, where the instances declare ImageType value 1 (all DERIVED means
+  level 0 is still to come, PS3.3 C.8.12.4.1.1).
 
-What the rules cannot see: a level that has not arrived at all, unless it is the smallest one
-(a missing level 0 while the lower levels are complete looks like a complete, smaller slide), and
+What the rules cannot see: a level that has not arrived at all, unless it is the smallest one or
+level 0 of instances that declare ImageType value 1 (without it, a missing level 0 while the lower
+levels are complete looks like a complete, smaller slide), and
 a second optical path or focal plane sent as a separate instance that declares only its own path
 or plane. Both end as an early conversion, which the re-opening rule repairs when the rest arrives.
 

@@ -51,6 +51,9 @@ class InstanceFacts:
     in_concatenation_total: int | None = None
     concatenation_frame_offset: int = 0
     """ConcatenationFrameOffsetNumber: frames of the concatenation held by earlier parts."""
+    pixel_origin: str | None = None
+    """ImageType value 1, "ORIGINAL" or "DERIVED" (None: not known). PS3.3 C.8.12.4.1.1: the
+    level scanned at full resolution is ORIGINAL, levels resampled from it are DERIVED."""
 
     def __post_init__(self) -> None:
         """Reject impossible headers here, so the rules below never divide by zero or loop."""
@@ -88,11 +91,22 @@ class InstanceFacts:
             in_concatenation_number=inst.in_concatenation_number,
             in_concatenation_total=inst.in_concatenation_total,
             concatenation_frame_offset=inst.concatenation_frame_offset,
+            # Forward-compatible: WsiInstance carries ImageType value 1 once instance.py reads it.
+            pixel_origin=getattr(inst, "pixel_origin", None),
         )
 
     @property
     def is_volume(self) -> bool:
         return self.flavor.strip().upper() == "VOLUME"
+
+    @property
+    def is_derived(self) -> bool:
+        """ImageType value 1 says DERIVED (a resampled level, not the scanned one)."""
+        return (getattr(self, "pixel_origin", None) or "").strip().upper() == "DERIVED"
+
+    @property
+    def is_original(self) -> bool:
+        return (getattr(self, "pixel_origin", None) or "").strip().upper() == "ORIGINAL"
 
     @property
     def is_sparse(self) -> bool:

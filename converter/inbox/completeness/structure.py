@@ -7,7 +7,12 @@ Structural completeness:
   planes x optical paths frames; TILED_SPARSE levels (and any instance with explicit per-frame
   positions) need the frames their instances declare;
 * every concatenation has all its parts;
-* the pyramid reaches a small level (:data:`SMALL_LEVEL_PX`, :func:`reaches_small_level`).
+* the pyramid reaches a small level (:data:`SMALL_LEVEL_PX`, :func:`reaches_small_level`);
+* the ORIGINAL level has arrived, when the instances say which one it is: if every VOLUME instance
+  received declares ImageType value 1 and all say DERIVED (PS3.3 C.8.12.4.1.1: the scanned level is
+  ORIGINAL, resampled levels DERIVED), level 0 is still on its way (senders that send the pyramid
+  smallest level first, or re-send a level 0 that failed). Instances that do not declare it never
+  hold a series back.
 
 The verdict (:class:`Completeness`) carries, per problem, a reason an operator can act on. Pure:
 no I/O, no clock.
@@ -270,6 +275,12 @@ def assess(instances: Iterable[InstanceFacts], *, small_level_px: int = SMALL_LE
         level = _level_progress(index, size, by_size[size])
         levels.append(level)
         reasons.extend(_level_reasons(level))
+    if all(f.is_derived for f in volumes):
+        largest = sizes[0]
+        reasons.append(
+            f"no ORIGINAL level yet: every VOLUME instance received is DERIVED (largest {largest[0]}x{largest[1]} px);"
+            " the full-resolution level 0 (ImageType ORIGINAL, PS3.3 C.8.12.4.1.1) has not arrived"
+        )
     smallest = sizes[-1]
     if not reaches_small_level(by_size[smallest], small_level_px):
         reasons.append(
