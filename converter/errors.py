@@ -9,6 +9,7 @@ __all__ = [
     "InputError",
     "NotDicomError",
     "NotWsiError",
+    "InstanceRefused",
     "SeriesError",
     "DecodeError",
     "VerificationError",
@@ -26,6 +27,22 @@ class NotDicomError(InputError):
 
 class NotWsiError(InputError):
     """The file is DICOM but not a VL Whole Slide Microscopy image."""
+
+
+class InstanceRefused(InputError):
+    """An instance this node must not acknowledge (PS3.4 B.2.3 statuses): what is wrong, per attribute.
+
+    `status` is the storage outcome the receivers map to a DIMSE/STOW status: 'invalid' (cannot be
+    parsed or is truncated: 0xC000), 'mismatch' (violates the VL WSI IOD or what the converter
+    supports: 0xA900), 'too-large' (over a memory or header budget: 0xA700). `reason` is one line of
+    at most 64 characters for the ErrorComment (PS3.7 C.4.2.1.4: LO); `problem` is the long form.
+    """
+
+    def __init__(self, problem: str, fix: str, status: str, reason: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(problem, fix)
+        self.status = status
+        self.reason = reason[:64]
+        self.problems = problems or (problem,)
 
 
 class SeriesError(InputError):

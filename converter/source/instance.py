@@ -8,7 +8,10 @@ to another process without re-reading the headers.
 
 from __future__ import annotations
 
+import logging
 import struct
+import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,11 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from converter.errors import InputError, NotDicomError, NotWsiError
+from converter.errors import InputError, InstanceRefused, NotDicomError, NotWsiError
+from converter.source.header_scan import KEPT_TAGS, HeaderScan, scan_header
+from converter.source.validate import DEFAULT_LIMITS, Limits, refusal, validate
+
+log = logging.getLogger("wsi_node.source")
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 FLAVORS = ("VOLUME", "LABEL", "OVERVIEW", "THUMBNAIL")
@@ -149,26 +156,6 @@ def _flavor(ds: Dataset) -> tuple[str, bool]:
     return "VOLUME", False
 
 
-def _frame_positions(ds: Dataset, tile_w: int, tile_h: int) -> tuple[FramePosition, ...] | None:
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if not per_frame:
-        return None
-    positions = []
-    for item in per_frame:
-        plane = _first(item.get("PlanePositionSlideSequence"))
-        if plane is None:
-            return None
-        col = plane.get("ColumnPositionInTotalImagePixelMatrix")
-        row = plane.get("RowPositionInTotalImagePixelMatrix")
-        if col is None or row is None:
-            return None
-        z = plane.get("ZOffsetInSlideCoordinateSystem")
-        path_item = _first(item.get("OpticalPathIdentificationSequence"))
-        path = str(path_item.get("OpticalPathIdentifier")) if path_item is not None else None
-        positions.append(FramePosition(int(col) - 1, int(row) - 1, float(z) if z is not None else None, path))
-    return tuple(positions)
-
-
 def _icc_profile(ds: Dataset) -> bytes | None:
     path = _first(ds.get("OpticalPathSequence"))
     if path is not None and path.get("ICCProfile"):
@@ -198,68 +185,70 @@ def _metadata(ds: Dataset) -> dict[str, str]:
     return out
 
 
-def _read_pixel_data_location(fp: Any, implicit: bool, extended: tuple | None) -> PixelDataLocation | None:
-    start = fp.tell()
-    header = fp.read(8)
-    if len(header) < 8:
-        return None
-    group, elem = struct.unpack("<HH", header[:4])
-    if (group, elem) != (0x7FE0, 0x0010):
-        return None
-    if implicit:
-        (length,) = struct.unpack("<I", header[4:8])
-        offset = start + 8
-    else:
-        vr = header[4:6]
-        if vr in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"SQ", b"UC", b"UR"):
-            (length,) = struct.unpack("<I", fp.read(4))
-            offset = start + 12
-        else:
-            (length,) = struct.unpack("<H", header[6:8])
-            offset = start + 8
-    encapsulated = length == 0xFFFFFFFF
-    offsets, lengths = extended if extended else (None, None)
-    return PixelDataLocation(
-        offset=offset,
-        length=None if encapsulated else length,
-        encapsulated=encapsulated,
-        extended_offsets=offsets,
-        extended_lengths=lengths,
-    )
+_PYDICOM_LOCK = threading.Lock()
+"""warnings.catch_warnings changes process-wide state: one header read at a time inside it."""
 
 
-def read_dataset_header(path: str | Path) -> tuple[Dataset, PixelDataLocation | None]:
-    """Read a DICOM file's header and locate its pixel data without loading it."""
+def read_dataset_header(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Dataset, HeaderScan]:
+    """Read a DICOM file's header within the caps of `limits`, and summarise its pixel data without loading it.
+
+    The element headers are walked first (converter.source.header_scan: header size, nesting,
+    truncation, fragments, per-frame positions), then pydicom parses only the top-level attributes
+    wsi-node uses. pydicom's warnings are collected and logged as one line per file.
+    """
     path = Path(path)
     try:
         with open(path, "rb") as fp:
-            # defer_size: a corrupt length field must not make us read hundreds of MB into memory.
-            ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size="8 MB")
-            ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-            implicit = ts == "1.2.840.10008.1.2"
-            extended = None
-            if ds.get("ExtendedOffsetTable") is not None and ds.get("ExtendedOffsetTableLengths") is not None:
-                raw_o, raw_l = bytes(ds.ExtendedOffsetTable), bytes(ds.ExtendedOffsetTableLengths)
-                extended = (
-                    tuple(struct.unpack(f"<{len(raw_o) // 8}Q", raw_o)),
-                    tuple(struct.unpack(f"<{len(raw_l) // 8}Q", raw_l)),
-                )
-            location = _read_pixel_data_location(fp, implicit, extended)
+            fp.seek(128)
+            if fp.read(4) != b"DICM":
+                raise InvalidDicomError("no DICM marker")
+            scan = scan_header(fp, limits.max_header_bytes, limits.max_sequence_depth)
+            fp.seek(0)
+            with _PYDICOM_LOCK, warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=list(KEPT_TAGS))
+                for keyword in ("SOPInstanceUID", "SOPClassUID"):
+                    ds.get(keyword)
+            if caught:
+                log.info("%s: %d warning(s) from pydicom reading SOP instance %s; first: %s", path.name, len(caught),
+                         _uid_text(ds), str(caught[0].message)[:200])
     except InvalidDicomError as exc:
         raise NotDicomError(
             f"{path}: not a DICOM file (no DICM marker or file meta header).",
             "Remove it from the input, or check that the sender wrote a complete DICOM Part 10 file.",
         ) from exc
-    except (EOFError, OSError, ValueError, struct.error, KeyError, TypeError) as exc:
-        raise InputError(
-            f"{path}: cannot read the DICOM header ({type(exc).__name__}: {exc}); the file is probably truncated or corrupt.",
-            "Send or copy the file again.",
+    except InstanceRefused as exc:
+        raise InstanceRefused(f"{path}: {exc.problem}", exc.fix, exc.status, exc.reason) from exc
+    except (EOFError, OSError, ValueError, struct.error, KeyError, TypeError, RecursionError, AttributeError) as exc:
+        raise InstanceRefused(
+            f"{path}: cannot read the DICOM header ({type(exc).__name__}: {str(exc)[:200]}); the file is probably truncated or corrupt.",
+            "Send or copy the file again.", "invalid", "the DICOM header cannot be parsed",
         ) from exc
-    return ds, location
+    return ds, scan
 
 
-def instance_from_dataset(ds: Dataset, path: str, location: PixelDataLocation | None) -> WsiInstance:
-    """Describe a WSI instance; raise NotWsiError for anything else."""
+def _uid_text(ds: Dataset) -> str:
+    try:
+        return str(ds.get("SOPInstanceUID", "?"))[:64]
+    except Exception:
+        return "?"
+
+
+def _location(scan: HeaderScan) -> PixelDataLocation | None:
+    if scan.pixel_offset is None:
+        return None
+    return PixelDataLocation(scan.pixel_offset, scan.pixel_length, scan.encapsulated, scan.extended_offsets, scan.extended_lengths)
+
+
+def _frame_positions(scan: HeaderScan) -> tuple[FramePosition, ...] | None:
+    """Per-frame Plane Position (Slide), 0-based; None unless every frame has a column and a row."""
+    if not scan.positions or any(p.column is None or p.row is None for p in scan.positions):
+        return None
+    return tuple(FramePosition(p.column - 1, p.row - 1, p.z, p.optical_path) for p in scan.positions)
+
+
+def check_sop_class(ds: Dataset, path: str) -> None:
+    """Raise NotWsiError unless the instance is a VL Whole Slide Microscopy Image (PS3.4 B.5)."""
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class != WSI_SOP_CLASS:
         raise NotWsiError(
@@ -267,6 +256,22 @@ def instance_from_dataset(ds: Dataset, path: str, location: PixelDataLocation | 
             f" (SOPInstanceUID {ds.get('SOPInstanceUID', '?')}); it was skipped.",
             "Send only VL Whole Slide Microscopy Image instances to wsi-node, or ignore this message if the file was sent by mistake.",
         )
+
+
+def describe_instance(ds: Dataset, path: str, scan: HeaderScan, limits: Limits = DEFAULT_LIMITS) -> WsiInstance:
+    """Check the SOP class (NotWsiError) and every rule of converter.source.validate (InstanceRefused), then describe."""
+    check_sop_class(ds, path)
+    problems = validate(ds, scan, limits)
+    if problems:
+        raise refusal(problems, path)
+    return instance_from_dataset(ds, path, scan)
+
+
+def instance_from_dataset(ds: Dataset, path: str, scan: HeaderScan) -> WsiInstance:
+    """Describe a WSI instance whose header passed describe_instance's checks."""
+    check_sop_class(ds, path)
+    sop_class = str(ds.SOPClassUID)
+    location = _location(scan)
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Rows", "Columns") if not ds.get(k)]
     if missing:
         raise InputError(
@@ -308,14 +313,18 @@ def instance_from_dataset(ds: Dataset, path: str, location: PixelDataLocation | 
         concatenation_frame_offset=int(ds.get("ConcatenationFrameOffsetNumber", 0) or 0),
         in_concatenation_number=int(ds.InConcatenationNumber) if ds.get("InConcatenationNumber") else None,
         in_concatenation_total=int(ds.InConcatenationTotalNumber) if ds.get("InConcatenationTotalNumber") else None,
-        frame_positions=_frame_positions(ds, tile_w, tile_h),
+        frame_positions=_frame_positions(scan),
         icc_profile=_icc_profile(ds),
         pixel_data=location,
         metadata=_metadata(ds),
     )
 
 
-def read_instance(path: str | Path) -> WsiInstance:
-    """Read one file's header; raise a converter error naming the file if it is unusable."""
-    ds, location = read_dataset_header(path)
-    return instance_from_dataset(ds, str(path), location)
+def read_instance(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> WsiInstance:
+    """Read and check one file's header; raise a converter error (an InputError) naming the file if it is unusable.
+
+    The same checks as a receiver runs before acknowledging (scp.storage), so a dropped file is
+    quarantined for the same reason a pushed one is refused.
+    """
+    ds, scan = read_dataset_header(path, limits)
+    return describe_instance(ds, str(path), scan, limits)
