@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import tifffile
 
-from converter.cli.batch_converter import main as batch_main
 from converter.inbox.passthrough import check_passthrough
 from tests.converter.inbox import slide_files as sf
 from tests.readers import open_openslide
@@ -105,6 +104,8 @@ def _age(folder: Path) -> None:
 
 
 def test_pipeline_quarantines_the_undecodable_and_publishes_unicode_names(tmp_path: Path) -> None:
+    from converter.cli.batch_converter import main as batch_main  # the whole pipeline, imported only here
+
     d = {k: tmp_path / k for k in ("inbox", "serving", "archive", "quarantine", "state")}
     d["inbox"].mkdir()
     nfc = unicodedata.normalize("NFC", "Präparat 😀 a.b.svs")
