@@ -148,14 +148,14 @@ class IncomingFile:
         if free < reserve and (at_open or free - n < reserve):
             self.discard(f"free disk below the reserve of {_mb(reserve)} MB")
         elif free - n < reserve:
-            self.discard(f"instance would cross the disk reserve of {_mb(reserve)} MB")
+            self.discard(f"instance would cross the disk reserve of {_mb(reserve)} MB" if reserve else "not enough free disk for the instance")
 
     # --- ending ----------------------------------------------------------------------------------
     def discard(self, reason: str, key: str = "no-space") -> None:
         """Switch to discarding: the temporary file goes at once, the rest of the instance is ignored."""
         if not self.refusal:
             self.refusal, self.reason = reason, key
-            log.warning("receiving %s: %s; the rest of the instance is read and discarded", self.path.name, reason)
+            log.debug("receiving %s: %s; the rest of the instance is read and discarded", self.path.name, reason)
         self._close_fd()
         self.remove()
 

@@ -9,9 +9,12 @@ from each other, so that each test module stays a leaf.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -43,14 +46,14 @@ class RunningNode:
     """The node in this process: DIMSE on a free port, and the DICOMweb receiver on 127.0.0.1 at an
     OS-chosen port (`http_port`, `http_url`); `http` holds extra HttpSettings fields (auth, limits, TLS)."""
 
-    def __init__(self, tmp: Path, http: dict | None = None, **dimse) -> None:
+    def __init__(self, tmp: Path, http: dict | None = None, disk_reserve_mb: int = 1, **dimse) -> None:
         self.data = tmp / "data"
         p = BatchSettings(inbox=self.data / "inbox", serving=self.data / "serving", archive=self.data / "archive",
                           quarantine=self.data / "quarantine", state_dir=self.data / "state", watch_interval=1.0, max_concurrent=1)
         for d in (p.inbox, p.serving, p.archive, p.quarantine, p.state_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.settings = NodeSettings(p, DimseSettings(bind="127.0.0.1", port=self.port, **dimse), disk_reserve_mb=1,
+        self.settings = NodeSettings(p, DimseSettings(bind="127.0.0.1", port=self.port, **dimse), disk_reserve_mb=disk_reserve_mb,
                                      settle=0.5, quiet=30, http=HttpSettings(bind="127.0.0.1", port=0, **(http or {})))
         self.node = Node(self.settings)
         self.node.start()
@@ -148,3 +151,82 @@ def make_pki(folder: Path) -> dict[str, Path]:
         run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
             "-out", f"{name}.crt", "-extfile", ext.name)
     return p
+
+
+# --- hostile and limit tests: small file systems, memory, raw DICOM sockets ----------------------
+@contextlib.contextmanager
+def tmpfs(folder: Path, size_mb: int):
+    """A real small file system at `folder` (tmpfs, as root); skips with the reason when it cannot be mounted."""
+    if os.geteuid() != 0:
+        pytest.skip("a small real file system needs root (mount -t tmpfs); run the tests as root to cover a full disk")
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"mount -t tmpfs failed here (a container without CAP_SYS_ADMIN?): {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        for _ in range(50):
+            if subprocess.run(["umount", str(folder)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.2)
+        else:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def vm_rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of a process (this one by default) from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+def associate_rq(calling: str = "RAW", called: str = "WSINODE", syntax: str = "1.2.840.10008.1.2.1") -> bytes:
+    """An encoded, valid A-ASSOCIATE-RQ PDU (PS3.8 9.3.2) proposing VL WSI storage in `syntax`."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
+    from pynetdicom.presentation import build_context
+
+    p = A_ASSOCIATE()
+    p.application_context_name = "1.2.840.10008.3.1.1.1"
+    p.calling_ae_title, p.called_ae_title = calling, called
+    m = MaximumLengthNotification()
+    m.maximum_length_received = 0
+    i = ImplementationClassUIDNotification()
+    i.implementation_class_uid = "1.2.826.0.1.3680043.9.3811.3.0.4"
+    p.user_information = [m, i]
+    cx = build_context(WSI_STORAGE, syntax)
+    cx.context_id = 1
+    p.presentation_context_definition_list = [cx]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(p)
+    return pdu.encode()
+
+
+def read_pdu(sock: socket.socket, timeout: float = 10) -> tuple[int, bytes]:
+    """One PDU from a raw socket: (type, body); (0, b"") when the peer closed the connection."""
+    sock.settimeout(timeout)
+    head = b""
+    while len(head) < 6:
+        part = sock.recv(6 - len(head))
+        if not part:
+            return 0, b""
+        head += part
+    kind, _, length = struct.unpack(">BBL", head)
+    body = b""
+    while len(body) < length:
+        part = sock.recv(min(65536, length - len(body)))
+        if not part:
+            break
+        body += part
+    return kind, body
+
+
+def raw_association(port: int, **kw) -> socket.socket:
+    """A TCP connection with an accepted association, for sending hand-made PDUs."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(associate_rq(**kw))
+    kind, _ = read_pdu(sock)
+    assert kind == 0x02, f"expected A-ASSOCIATE-AC (0x02), got PDU type 0x{kind:02X}"
+    return sock
