@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from converter.testkit import SlideSpec, series_uids, write_series
-from tests.faults.harness import CI, NodeProcess, sop_uid
+from tests.faults.audit import sop_uid
+from tests.faults.harness import CI, NodeProcess
 
 
 @pytest.fixture(scope="session")

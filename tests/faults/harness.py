@@ -6,9 +6,9 @@ workers, the way an operator's node is hit. `NodeProcess` starts it in its own p
 (so `kill9()` takes the node, its forkserver and every worker at once), waits until it answers
 C-ECHO and /healthz, and can restart it on the same ports and data folder.
 
-The checks (`audit`) are the ones every fault case ends with: what the sender was told, what
-was published, that nothing was lost, duplicated or left half-written, and that the node still
-answers. Each wait has a timeout; everything is on 127.0.0.1.
+Probes (C-ECHO, /healthz, /readyz) and senders (pynetdicom C-STORE of datasets or of a file's
+bytes as they are, DCMTK storescu re-sending until it succeeds, STOW-RS) are here too; the checks
+after a fault are in tests/faults/audit.py. Each wait has a timeout; everything is on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -287,14 +287,11 @@ def c_store(port: int, items: list, aet: str = "FAULTSCU", transfer_syntaxes: tu
     if transfer_syntaxes is None:
         syntaxes = set()
         for item in items:
-            ds = item if isinstance(item, pydicom.Dataset) else None
-            if ds is None:
-                try:
-                    ds = pydicom.dcmread(item, stop_before_pixels=True, force=True)
-                except Exception:
-                    ds = None
-            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) if ds is not None else None
-            syntaxes.add(str(ts) if ts else "1.2.840.10008.1.2.4.50")
+            try:
+                meta = item.file_meta if isinstance(item, pydicom.Dataset) else pydicom.filereader.read_file_meta_info(item)
+                syntaxes.add(str(meta.TransferSyntaxUID))
+            except Exception:
+                syntaxes.add("1.2.840.10008.1.2.4.50")
         transfer_syntaxes = tuple(sorted(syntaxes))
     for ts in transfer_syntaxes:
         ae.add_requested_context(WSI_STORAGE, ts)
@@ -318,6 +315,26 @@ def c_store(port: int, items: list, aet: str = "FAULTSCU", transfer_syntaxes: tu
         if assoc.is_established:
             assoc.release()
     return out
+
+
+def c_store_bytes(port: int, parts: list[bytes], folder: Path, **kw) -> list[StoreOutcome]:
+    """C-STORE Part 10 files byte for byte: pynetdicom sends each data set as stored after its file meta
+    (STORE_SEND_CHUNKED_DATASET), so truncations and byte flips reach the node as they are."""
+    from pynetdicom import _config
+
+    paths = []
+    for i, data in enumerate(parts):
+        path = folder / f"part-{time.monotonic_ns()}-{i}.dcm"
+        path.write_bytes(data)
+        paths.append(path)
+    before = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        return c_store(port, paths, **kw)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = before
+        for p in paths:
+            p.unlink(missing_ok=True)
 
 
 def storescu(port: int, *paths: Path, extra: tuple[str, ...] = (), timeout: float = 120, aet: str = "STORESCU") -> subprocess.CompletedProcess:
@@ -369,68 +386,3 @@ def stow(url: str, body: bytes, content_type: str = CONTENT_TYPE, timeout: float
         out.failed = [item["00081197"]["Value"][0] for item in doc.get("00081198", {}).get("Value", [])]
         out.referenced = len(doc.get("00081199", {}).get("Value", []))
     return out
-
-
-# --- checks after a fault -------------------------------------------------------------------------
-def sop_uid(path: Path) -> str:
-    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-
-
-@dataclass
-class SeriesAudit:
-    uid: str
-    lost: list[str]
-    duplicates: list[str]
-    partial: list[str]
-    tiffs: list[str]
-    conversions: int
-    state: str | None
-
-    @property
-    def ok(self) -> bool:
-        return not self.lost and not self.duplicates and not self.partial and len(self.tiffs) == 1 and self.conversions == 1
-
-
-def audit_series(node: NodeProcess, study: str, uid: str, sops: list[str]) -> SeriesAudit:
-    """Lost instances, duplicate copies, partial files, published TIFFs and conversions of one series."""
-    data = node.published(uid)
-    used = sorted(data["source"]["input_sop_instance_uids"]) if data else []
-    archive = node.folder("archive") / study / uid
-    copies: dict[str, int] = {}
-    partial = []
-    for f in sorted(archive.glob("*.dcm")) if archive.exists() else []:
-        try:
-            ds = pydicom.dcmread(f)
-            _ = ds.PixelData
-            copies[str(ds.SOPInstanceUID)] = copies.get(str(ds.SOPInstanceUID), 0) + 1
-        except Exception:
-            partial.append(str(f))
-    lost = sorted(set(sops) - set(used) | {s for s in sops if s not in copies})
-    duplicates = sorted(s for s, n in copies.items() if n > 1) + sorted(set(copies) - set(sops))
-    serving = node.folder("serving")
-    tiffs = sorted(p.name for p in serving.glob("*.tiff") if json_series(p) == uid)
-    partial += [p.name for p in serving.iterdir() if p.name.startswith(".")]
-    leftovers = [p for p in (node.folder("inbox") / study / uid).glob("*")] if (node.folder("inbox") / study / uid).exists() else []
-    partial += [str(p) for p in leftovers]
-    state = node.series_state(uid)
-    conversions = (state or {}).get("conversions") or 0
-    # A run killed after publishing but before recording it recognises the output by its sidecar on restart
-    # ("already published for exactly these instances") and records it without a count: converted once.
-    if conversions == 0 and data and any(f"series {uid}:" in line and "already published for exactly these instances" in line
-                                         for line in node.log_text().splitlines()):
-        conversions = 1
-    return SeriesAudit(uid, lost, duplicates, partial, tiffs, conversions, (state or {}).get("state"))
-
-
-def json_series(tiff: Path) -> str | None:
-    try:
-        return json.loads(tiff.with_suffix(".json").read_text()).get("series_uid")
-    except (OSError, ValueError):
-        return None
-
-
-def node_answers(node: NodeProcess) -> None:
-    """The node process is alive and answers C-ECHO and /healthz."""
-    assert node.alive(), f"the node exited ({node.proc.returncode}):\n{node.log_text()[-3000:]}"
-    assert c_echo(node.port), "the node does not answer C-ECHO"
-    assert healthz(node.url), "the node does not answer /healthz"

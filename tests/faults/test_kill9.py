@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from converter.testkit import SlideSpec
-from tests.faults.harness import CI, audit_series, node_answers, storescu_until_ok
+from tests.faults.audit import audit_series, node_answers
+from tests.faults.harness import storescu_until_ok
 
 SHORT, LONG = 3, 10
 TRIALS = [pytest.param(i, marks=[pytest.mark.faults_long] if i >= SHORT else []) for i in range(LONG)]
