@@ -61,6 +61,7 @@ STATUS = {
     "error": 0xA700,
     "invalid": 0xC000,  # Error: Cannot understand
     "not-wsi": 0xA900,  # Error: Data Set does not match SOP Class
+    "mismatch": 0xA900, "too-large": 0xA700,  # scp.storage.dimse_status holds the same mapping
 }
 
 

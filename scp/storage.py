@@ -6,6 +6,13 @@ validated, written as a DICOM Part 10 file under
 fsync + rename from a temporary file on the same filesystem, and only then
 reported as stored. UIDs are checked before they become path parts.
 
+Validation before acknowledging: the header is read within caps (size, nesting) and checked by
+converter.source.validate (the same rules the inbox scan applies to dropped files); a refusal
+gets a status ('invalid', 'not-wsi', 'mismatch', 'too-large', 'no-space') with a reason of at
+most 64 characters for the sender, a log line naming the SOP Instance UID and the peer, and the
+temporary file is removed. `dimse_status` and `stow_failure_reason` map a result to the status a
+sender sees (PS3.4 B.2.3, PS3.18 Annex I), for every receiver alike.
+
 Duplicates: the same SOPInstanceUID with the same bytes is a success without
 a second copy. With different bytes, the last received copy wins (the sender
 re-sent it on purpose), and the earlier copy is not deleted but moved to
@@ -23,8 +30,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from converter.source.instance import WsiInstance, instance_from_dataset, read_dataset_header, sop_class_name
-from converter.errors import InputError, NotWsiError
+from converter.errors import InputError, InstanceRefused, NotWsiError
+from converter.source.instance import WsiInstance, describe_instance, read_dataset_header, sop_class_name
+from converter.source.validate import DEFAULT_LIMITS, Limits
 from converter.durable import durable_move, fsync_dir
 
 log = logging.getLogger("wsi_node.storage")
@@ -42,7 +50,7 @@ def valid_uid(value: object) -> bool:
 @dataclass
 class StoreResult:
     status: str
-    """'stored', 'duplicate', 'replaced', 'invalid', 'not-wsi', 'no-space', 'error'."""
+    """'stored', 'duplicate', 'replaced' (success); refusals: 'invalid', 'not-wsi', 'mismatch', 'too-large', 'no-space', 'error'."""
     message: str = ""
     path: Path | None = None
     instance: WsiInstance | None = None
@@ -55,8 +63,11 @@ class StoreResult:
 
 
 class InstanceStore:
-    def __init__(self, inbox: Path, archive: Path, quarantine: Path, reserve_bytes: int = 1 << 30, keep_other: bool = False) -> None:
+    def __init__(self, inbox: Path, archive: Path, quarantine: Path, reserve_bytes: int = 1 << 30, keep_other: bool = False,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self.inbox = Path(inbox)
+        self.limits = limits
+        """Header caps and the conversion memory budget every received instance is checked against."""
         self.archive = Path(archive)
         self.quarantine = Path(quarantine)
         self.reserve_bytes = reserve_bytes
@@ -81,29 +92,61 @@ class InstanceStore:
         return removed
 
     def store_file(self, temp: Path, peer: str) -> StoreResult:
-        """Validate a received Part 10 file and move it into the inbox. `temp` is consumed on success."""
+        """Validate a received Part 10 file and move it into the inbox.
+
+        `temp` is consumed: moved into the inbox (or quarantine) on success, removed on refusal, so a
+        refused transfer leaves nothing in inbox/.incoming. Every check of
+        converter.source.validate runs before the durable write, hence before any success status.
+        """
         if not self.has_room():
+            temp.unlink(missing_ok=True)
             return StoreResult("no-space", f"free disk space below the reserve of {self.reserve_bytes // (1 << 20)} MB")
         try:
-            ds, location = read_dataset_header(temp)
+            result = self._store(temp, peer)
+        except OSError:
+            temp.unlink(missing_ok=True)
+            raise
+        except Exception as exc:  # a bug or a data set no rule foresaw: refuse it, never acknowledge
+            log.exception("instance from %s: unexpected %s while checking it; refused", peer, type(exc).__name__)
+            result = StoreResult("invalid", "the data set cannot be understood")
+        if not result.ok:
+            temp.unlink(missing_ok=True)
+        return result
+
+    def _refused(self, status: str, reason: str, detail: str, temp: Path, peer: str, sop_class: str = "", sop_uid: str = "") -> StoreResult:
+        """A refusal: the short reason for the sender, the long one (no temporary path) in the log."""
+        detail = detail.replace(f"{temp}: ", "").replace(str(temp), "the instance")
+        log.warning("instance %s from %s refused (%s): %s", sop_uid or "(no SOP Instance UID)", peer, status, detail)
+        return StoreResult(status, reason[:64], sop_class_uid=sop_class, sop_instance_uid=sop_uid)
+
+    def _store(self, temp: Path, peer: str) -> StoreResult:
+        try:
+            ds, scan = read_dataset_header(temp, self.limits)
+        except InstanceRefused as exc:
+            return self._refused(exc.status, exc.reason, exc.problem, temp, peer)
         except InputError as exc:
-            return StoreResult("invalid", f"the dataset cannot be parsed: {exc.problem}")
-        sop_class = str(ds.get("SOPClassUID", ""))
-        sop_uid, study, series = (str(ds.get(k, "")) for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"))
+            return self._refused("invalid", "not a DICOM Part 10 data set", exc.problem, temp, peer)
+        sop_class = _text(ds, "SOPClassUID")
+        sop_uid, study, series = (_text(ds, k) for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"))
         bad = [name for name, v in (("SOPInstanceUID", sop_uid), ("StudyInstanceUID", study), ("SeriesInstanceUID", series)) if not valid_uid(v)]
         if bad:
-            return StoreResult("invalid", f"missing or invalid {', '.join(bad)}", sop_class_uid=sop_class, sop_instance_uid=sop_uid)
+            # PS3.5 9.1: UIDs are digits and dots, at most 64 characters; they become path parts here.
+            return self._refused("invalid", f"missing or invalid {', '.join(bad)}"[:64], f"missing or invalid {', '.join(bad)}",
+                                 temp, peer, sop_class, sop_uid if valid_uid(sop_uid) else "")
         try:
-            instance = instance_from_dataset(ds, str(temp), location)
+            instance = describe_instance(ds, str(temp), scan, self.limits)
         except NotWsiError:
             if not self.keep_other:
-                return StoreResult("not-wsi", f"{sop_class_name(sop_class)} is not a whole-slide image", sop_class_uid=sop_class, sop_instance_uid=sop_uid)
+                return self._refused("not-wsi", f"{sop_class_name(sop_class)} is not a whole-slide image"[:64],
+                                     f"{sop_class_name(sop_class)} is not a whole-slide image", temp, peer, sop_class, sop_uid)
             dest = _unique(self.quarantine / "not-wsi" / study / series / f"{sop_uid}.dcm")
             self._place(temp, dest)
             log.warning("stored %s from %s in quarantine: %s is not a whole-slide image", sop_uid, peer, sop_class_name(sop_class))
             return StoreResult("stored", "kept in quarantine (not a whole-slide image)", dest, None, sop_class, sop_uid)
+        except InstanceRefused as exc:
+            return self._refused(exc.status, exc.reason, exc.problem, temp, peer, sop_class, sop_uid)
         except InputError as exc:
-            return StoreResult("invalid", exc.problem, sop_class_uid=sop_class, sop_instance_uid=sop_uid)
+            return self._refused("invalid", exc.problem.replace(f"{temp}: ", "")[:64], exc.problem, temp, peer, sop_class, sop_uid)
 
         target = self.inbox / study / series / f"{sop_uid}.dcm"
         status = "stored"
@@ -127,6 +170,45 @@ class InstanceStore:
             os.fsync(fp.fileno())
         os.replace(temp, target)
         fsync_dir(target.parent)
+
+
+def _text(ds, keyword: str) -> str:
+    try:
+        return str(ds.get(keyword, "") or "").strip()
+    except Exception:  # a malformed value: treated as missing
+        return ""
+
+
+# Storage statuses, PS3.4 B.2.3 (C-STORE) and PS3.18 Annex I (FailureReason of a STOW-RS part).
+DIMSE_STATUS = {
+    "stored": 0x0000,
+    "duplicate": 0x0000,
+    "replaced": 0x0000,
+    "no-space": 0xA700,  # Refused: Out of Resources
+    "too-large": 0xA700,  # Refused: Out of Resources (over the conversion memory budget or the header cap)
+    "error": 0xA700,
+    "invalid": 0xC000,  # Error: Cannot understand
+    "not-wsi": 0xA900,  # Error: Data Set does not match SOP Class
+    "mismatch": 0xA900,  # Error: Data Set does not match SOP Class (IOD violation, or what the converter cannot use)
+}
+STOW_FAILURE = {
+    "no-space": 0xA700,
+    "too-large": 0xA700,
+    "error": 0xA700,
+    "invalid": 0xC000,
+    "not-wsi": 0x0122,  # SOP Class not supported (PS3.18 Annex I)
+    "mismatch": 0xA900,
+}
+
+
+def dimse_status(result: StoreResult) -> int:
+    """The C-STORE status of a store result (PS3.4 B.2.3); send result.message as ErrorComment when not 0x0000."""
+    return DIMSE_STATUS.get(result.status, 0xA700)
+
+
+def stow_failure_reason(result: StoreResult) -> int:
+    """The FailureReason (0008,1197) of a refused STOW-RS part (PS3.18 Annex I, PS3.4 B.2.3)."""
+    return STOW_FAILURE.get(result.status, 0xA700)
 
 
 def _unique(path: Path) -> Path:
