@@ -38,9 +38,9 @@ PHOTOMETRIC = {"MONOCHROME2": 1, "RGB": 3, "YBR_FULL": 3, "YBR_FULL_422": 3, "YB
 MAX_FRAME_SIDE = 65535  # Rows and Columns are US (PS3.3 C.7.6.3)
 MAX_GRID_TILES = 4_000_000
 """Tile positions of one level (a 200,000 x 100,000 px slide at 256 px has 305,000)."""
-MEMORY_BASE_MB = 64
-MEMORY_MB_PER_1000_PX = 3.0
-"""A re-encoding conversion holds full-width strips: ~3 MB per 1000 px of width (docs/benchmarks.md)."""
+MB = 1 << 20
+CONVERSION_THREADS = 2
+"""Threads per conversion the budget assumes at receipt (the converter's default)."""
 _PRIORITY = ("invalid", "too-large", "not-wsi", "mismatch")
 """The first problem sets the status: what cannot be parsed, then what is over a budget, then IOD violations."""
 
@@ -51,7 +51,7 @@ class Limits:
 
     max_header_bytes: int = 16 << 20
     max_sequence_depth: int = 16
-    conversion_memory_mb: int = 2048
+    conversion_memory_mb: int = 4096
 
 
 DEFAULT_LIMITS = Limits()
@@ -67,9 +67,12 @@ class Problem:
     detail: str
 
 
-def estimate_memory_mb(width: int) -> float:
-    """The memory a re-encoding conversion of a level `width` pixels wide needs (docs/benchmarks.md)."""
-    return MEMORY_BASE_MB + MEMORY_MB_PER_1000_PX * width / 1000
+def estimate_memory_bytes(width: int, tile_height: int, samples: int, threads: int = CONVERSION_THREADS) -> int:
+    """The memory a conversion of a level `width` px wide needs: the formula of the executor's budget
+    (converter.executors.local.conversion_budget, without its cap; a test checks they agree): the
+    pyramid streams strips of one tile row, so memory grows with the width, not the area."""
+    strip = max(1, width) * max(1, tile_height) * max(1, samples)
+    return 256 * MB + 16 * MB * max(1, threads) + 8 * strip
 
 
 class _Rules:
@@ -159,7 +162,7 @@ def validate(ds: Dataset, scan: HeaderScan, limits: Limits = DEFAULT_LIMITS) -> 
                   f"{frames} frames but no TotalPixelMatrixColumns/Rows (type 1, PS3.3 C.8.12.4).")
             return _sorted(r.problems)
         width, height = width or cols, height or rows
-    _grid(r, scan, rows, cols, frames, width, height, planes, paths or _path_count(ds), offset, limits)
+    _grid(r, scan, rows, cols, frames, width, height, planes, paths or _path_count(ds), offset, limits, spp)
     if spp is not None and bits is not None:
         _pixel_data(r, scan, rows * cols * spp * (bits // 8), frames)
     return _sorted(r.problems)
@@ -187,14 +190,14 @@ def _photometric(r: _Rules, spp: int | None) -> None:
 
 
 def _grid(r: _Rules, scan: HeaderScan, rows: int, cols: int, frames: int, width: int, height: int, planes: int,
-          paths: int, offset: int, limits: Limits) -> None:
+          paths: int, offset: int, limits: Limits, spp: int | None) -> None:
     """The memory budget, then the frames against the tile grid (PS3.3 C.7.6.17.3, C.8.12.4)."""
     across, down = -(-width // cols), -(-height // rows)
-    need = estimate_memory_mb(width)
+    need = estimate_memory_bytes(width, rows, spp or 3) // MB
     if need > limits.conversion_memory_mb:
-        r.add("too-large", "TotalPixelMatrixColumns", f"{width} px wide needs {need:.0f} MB > {limits.conversion_memory_mb} MB",
-              f"a level {width} px wide needs about {need:.0f} MB to convert, over the budget of {limits.conversion_memory_mb} MB"
-              " (--conversion-memory-mb).")
+        r.add("too-large", "TotalPixelMatrixColumns", f"{width} px wide needs {need} MB > {limits.conversion_memory_mb} MB",
+              f"a level {width} px wide in {rows} px tile rows needs about {need} MB to convert, over the budget of"
+              f" {limits.conversion_memory_mb} MB (conversion_memory_mb).")
         return
     if across * down > MAX_GRID_TILES:
         r.add("too-large", "TotalPixelMatrixRows", f"{width}x{height} px is over {MAX_GRID_TILES} tiles",
