@@ -160,6 +160,7 @@ def test_a_peer_announcing_a_1_gb_pdu_is_aborted_before_it_is_read(tmp_path, cap
         assert sent < 300 * MB, "the node kept reading a PDU longer than it advertised"
         assert kind in (0x07, 0), f"expected A-ABORT (0x07) or a closed connection, got {kind}"
         peak = max(peak, vm_rss_mb())
+        print(f"1 GiB PDU announced, {sent >> 20} MB sent before the node closed: node RSS {before:.0f} -> {peak:.0f} MB")
         assert peak - before < 64, f"RSS grew from {before:.0f} to {peak:.0f} MB"
         assert "announced a PDU (type 0x04) of 1073741824 bytes, over the 262144 bytes accepted" in caplog.text
         assert pynetdicom_echo(n.port)
@@ -193,6 +194,7 @@ def test_the_node_advertises_its_max_pdu_and_a_100_mb_instance_keeps_memory_flat
             time.sleep(0.01)
         out = proc.stdout.read().split()
         assert out == [str(256 << 10), "0"], out  # advertised max PDU in A-ASSOCIATE-AC; stored
+        print(f"{big.stat().st_size >> 20} MB instance at 256 KiB PDUs: node RSS {before:.0f} -> {peak:.0f} MB")
         assert peak - before < 32, f"node RSS grew from {before:.0f} to {peak:.0f} MB"
     finally:
         n.stop()
