@@ -18,6 +18,7 @@ from config.errors import ConfigError
 from config.flags import batch_parser
 from config.flags import node_parser as _node_parser  # the node's flags; tests parse with it too
 from converter.cli import convert as convert_cli
+from converter.source.validate import Limits
 
 log = logging.getLogger("wsi_node")
 
@@ -122,7 +123,10 @@ def run_serve(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"wsi-node serve: {exc}", file=sys.stderr)
         return 2
-    return serve(NodeSettings(settings, dimse, node_args.disk_reserve_mb, node_args.settle, node_args.quiet_period, http))
+    node = NodeSettings(settings, dimse, node_args.disk_reserve_mb, node_args.settle, node_args.quiet_period, http)
+    # What every received instance is checked against (scp.storage.InstanceStore, built in scp/node.py).
+    node.limits = Limits(node_args.max_header_mb << 20, node_args.max_sequence_depth)
+    return serve(node)
 
 
 def run_config(argv: list[str]) -> int:
