@@ -35,7 +35,7 @@ class InstanceRefused(InputError):
     `status` is the storage outcome the receivers map to a DIMSE/STOW status: 'invalid' (cannot be
     parsed or is truncated: 0xC000), 'mismatch' (violates the VL WSI IOD or what the converter
     supports: 0xA900), 'too-large' (over a memory or header budget: 0xA700). `reason` is one line of
-    at most 64 characters for the ErrorComment (PS3.7 C.4.2.1.4: LO); `problem` is the long form.
+    at most 64 characters for the ErrorComment (PS3.7 E.1: VR LO, at most 64 characters by PS3.5 6.2); `problem` is the long form.
     """
 
     def __init__(self, problem: str, fix: str, status: str, reason: str, problems: tuple[str, ...] = ()) -> None:

@@ -63,7 +63,7 @@ class Problem:
     """'invalid' (cannot be understood: 0xC000), 'mismatch' (IOD violation or unsupported: 0xA900), 'too-large' (0xA700)."""
     attribute: str
     reason: str
-    """At most 64 characters: the ErrorComment (PS3.7 C.4.2.1.4) and the STOW failure text."""
+    """At most 64 characters: the ErrorComment (PS3.7 E.1, VR LO: 64 characters, PS3.5 6.2) and the STOW failure text."""
     detail: str
 
 
