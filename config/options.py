@@ -193,7 +193,7 @@ OPTIONS: tuple[Option, ...] = (
           "refuse instances whose header (everything before PixelData) is larger (status A700)",
           check=Check(lambda v: v >= 1, "must be at least 1.", "Use e.g. {example}.", 16)),
     _node("max_sequence_depth", "int", 16, "--max-sequence-depth", "refuse instances with sequences nested deeper (status C000)",
-          check=Check(lambda v: v >= 8, "is below 8; WSI headers nest sequences up to 5 deep (specimen preparation).",
+          check=Check(lambda v: v >= 8, "is below 8; WSI headers nest sequences 4 deep (specimen preparation, PS3.3 C.8.12.2).",
                       "Use e.g. {example}.", 16)),
     _node("max_instance_mb", "int", 8192, "--max-instance-mb",
           "largest instance (C-STORE data set or STOW-RS part) received; larger ones are refused (A700); 0: no cap",
