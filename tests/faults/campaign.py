@@ -75,7 +75,8 @@ def send_mutant(c: Campaign, case: Case, via: str) -> None:
             assert outcomes[0].comment, f"{case.name}: status 0x{expect:04X} without an ErrorComment"
     else:
         out = stow(c.node.stow_url, multipart(parts))
-        want = (200, []) if expect == 0 else (409, [expect])
+        # PS3.18 10.5.3: 409 when no instance could be stored; 507 when that is for lack of resources (issue 10).
+        want = (200, []) if expect == 0 else (507 if expect == OUT_OF_RESOURCES else 409, [expect])
         assert (out.http, out.failed) == want, f"{case.name}: HTTP {out.http}, failure reasons {[hex(r) for r in out.failed]} ({out.text!r}); expected {want}"
     if expect:
         folder = c.node.folder("inbox") / str(base.StudyInstanceUID)
