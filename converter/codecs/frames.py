@@ -1,7 +1,8 @@
 """Decoding source frames and encoding output tiles.
 
 Decoding follows the bitstream, not the DICOM label, wherever the bitstream
-says what it is (JPEG markers, JPEG 2000 multi-component transform). Output
+says what it is: every frame's header is parsed (converter.codecs.jpeg, .j2k)
+and converter.codecs.colour decides what its decoded samples are. Output
 tiles are RGB JPEG (Adobe marker, no colour transform, no chroma
 subsampling) written by libjpeg-turbo through imagecodecs, because libvips
 8.18's rgbjpeg option mislabels subsampled YCbCr as RGB below quality 90.
@@ -12,6 +13,10 @@ from __future__ import annotations
 import imagecodecs
 import numpy as np
 
+from converter.codecs import colour
+from converter.codecs.colour import ColourDecision
+from converter.codecs.j2k import J2kInfo, parse_j2k
+from converter.codecs.jpeg import JpegInfo, parse_jpeg
 from converter.errors import DecodeError
 from converter.source.instance import WsiInstance
 
@@ -65,46 +70,84 @@ def _as_3d(a: np.ndarray) -> np.ndarray:
     return a[..., np.newaxis] if a.ndim == 2 else a
 
 
-def _j2k_has_mct(data: bytes) -> bool:
-    """True when a J2K codestream's COD segment enables the multi-component transform."""
-    pos = data.find(b"\xff\x52")
-    return pos >= 0 and pos + 9 < len(data) and data[pos + 8] != 0
+_FACTS_CACHE: dict[tuple[str, bytes], JpegInfo | J2kInfo] = {}
+
+
+def frame_facts(transfer_syntax: str, data: bytes) -> JpegInfo | J2kInfo | None:
+    """The frame's colour facts from its own header (None for native frames).
+
+    Frames of a level usually share their header byte for byte, so J2K results are cached by
+    main header (parse_jpeg caches its own).
+    """
+    fam = colour.family(transfer_syntax)
+    if fam in ("jpeg", "jpeg-lossless", "jpeg-ls"):
+        return parse_jpeg(data)
+    if fam != "j2k":
+        return None
+    sot = data.find(b"\xff\x90", 0, 2048)
+    key = (transfer_syntax, data[:sot]) if sot > 0 else None
+    info = _FACTS_CACHE.get(key) if key else None
+    if info is None:
+        info = parse_j2k(data)
+        if key:
+            if len(_FACTS_CACHE) > 256:
+                _FACTS_CACHE.clear()
+            _FACTS_CACHE[key] = info
+    return info
+
+
+def frame_colour(data: bytes, instance: WsiInstance, frame: int = 0) -> ColourDecision:
+    """The colour decision for one frame (converter.codecs.colour's rules on its header)."""
+    ts = instance.transfer_syntax
+    try:
+        facts = frame_facts(ts, data) if ts not in _NATIVE else None
+    except ValueError as exc:
+        raise DecodeError(
+            f"{instance.path}: frame {frame + 1} ({ts_name(ts)}) cannot be decoded: its header cannot be read ({exc}).",
+            "The file is corrupt or truncated; send or copy it again.",
+        ) from exc
+    return colour.decide(ts, instance.photometric, facts, instance.samples_per_pixel)
 
 
 def decode_frame(data: bytes, instance: WsiInstance, frame: int = 0) -> np.ndarray:
     """Decode one frame to an (rows, columns, samples) uint8 array in RGB or grayscale."""
+    return decode_frame_colour(data, instance, frame)[0]
+
+
+def decode_frame_colour(data: bytes, instance: WsiInstance, frame: int = 0) -> tuple[np.ndarray, ColourDecision | None]:
+    """Decode one frame by the colour decision for its own bitstream; returns pixels and decision."""
     ts = instance.transfer_syntax
-    photometric = instance.photometric.upper()
+    if ts not in SUPPORTED_TRANSFER_SYNTAXES:
+        raise DecodeError(
+            f"{instance.path}: transfer syntax {ts} is not supported.",
+            "Re-export the slide as JPEG Baseline, JPEG 2000, JPEG-LS or uncompressed.",
+        )
+    decision = frame_colour(data, instance, frame)
+    if decision.decided == colour.UNSUPPORTED:
+        raise DecodeError(
+            f"{instance.path}: frame {frame + 1}: {decision.why}.",
+            "Re-export the slide with RGB or YBR_FULL pixels, or a compressed transfer syntax.",
+        )
+    ybr = decision.decided == colour.YBR
     try:
         if ts in _JPEG:
-            out = imagecodecs.jpeg8_decode(data)
+            if decision.decided == colour.GRAY:
+                out = imagecodecs.jpeg8_decode(data)
+            else:  # libjpeg converts; tell it what the components are rather than let it guess
+                out = imagecodecs.jpeg8_decode(data, colorspace="YCBCR" if ybr else "RGB", outcolorspace="RGB")
+            ybr = False
         elif ts in _JPEG_LOSSLESS:
             out = imagecodecs.ljpeg_decode(data)
-            if photometric.startswith("YBR_FULL"):
-                out = ycbcr_to_rgb(out)
         elif ts in _JPEG_LS:
             out = imagecodecs.jpegls_decode(data)
-            if photometric.startswith("YBR_FULL"):
-                out = ycbcr_to_rgb(out)
         elif ts in _J2K:
             out = imagecodecs.jpeg2k_decode(data)
-            if photometric.startswith("YBR_FULL") and out.ndim == 3 and not _j2k_has_mct(data):
-                out = ycbcr_to_rgb(out)
-        elif ts in _NATIVE:
+        else:
             spp = instance.samples_per_pixel
             shape = (spp, instance.tile_height, instance.tile_width) if instance.planar_configuration == 1 and spp > 1 else (instance.tile_height, instance.tile_width, spp)
             out = np.frombuffer(data, np.uint8, count=int(np.prod(shape))).reshape(shape)
             if instance.planar_configuration == 1 and spp > 1:
                 out = np.ascontiguousarray(out.transpose(1, 2, 0))
-            if photometric == "YBR_FULL":
-                out = ycbcr_to_rgb(out)
-        else:
-            raise DecodeError(
-                f"{instance.path}: transfer syntax {ts} is not supported.",
-                "Re-export the slide as JPEG Baseline, JPEG 2000, JPEG-LS or uncompressed.",
-            )
-    except DecodeError:
-        raise
     except Exception as exc:  # imagecodecs raises its own error types per codec
         raise DecodeError(
             f"{instance.path}: frame {frame + 1} ({ts_name(ts)}) cannot be decoded: {exc}.",
@@ -118,10 +161,14 @@ def decode_frame(data: bytes, instance: WsiInstance, frame: int = 0) -> np.ndarr
         )
     if out.shape[0] != instance.tile_height or out.shape[1] != instance.tile_width:
         raise DecodeError(
-            f"{instance.path}: frame {frame + 1} is {out.shape[1]}x{out.shape[0]} px but the header says {instance.tile_width}x{instance.tile_height}.",
-            "The file is inconsistent; re-export the slide.",
+            f"{instance.path}: frame {frame + 1} is {out.shape[1]}x{out.shape[0]} px but the header says {instance.tile_width}x{instance.tile_height}"
+            + (" (its chroma components are subsampled, which this decoder does not upsample)" if "subsampled" in decision.bitstream and "chroma" in decision.bitstream else "")
+            + ".",
+            "Re-export the slide without chroma subsampling, or as JPEG Baseline.",
         )
-    return out
+    if ybr and out.shape[2] == 3:
+        out = ycbcr_to_rgb(out)
+    return out, decision
 
 
 def encode_tile(tile: np.ndarray, quality: int) -> bytes:

@@ -8,6 +8,11 @@ colour space and chroma sampling from the JPEG markers themselves, using the
 same rules as libjpeg: a JFIF APP0 marker or component ids 1,2,3 mean YCbCr;
 an Adobe APP14 marker with transform 0, or component ids 'R','G','B', mean
 RGB.
+
+The same marker walk serves lossless JPEG (SOF3) and JPEG-LS (SOF55, ISO 14495-1), whose
+decoders never convert colour: for those the component ids, a SPIFF header's colour space
+(ISO 14495-1 / 10918-3 F.2.1) and an HP colour-transform APP8 ("mrfx") are returned as facts
+for converter.codecs.colour to decide with.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Start-of-frame markers and whether they are baseline sequential DCT.
-_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,13 @@ class JpegInfo:
     """Horizontal and vertical luma/chroma ratio, as TIFF's YCbCrSubSampling."""
     jfif: bool
     adobe_transform: int | None
+    component_ids: tuple[int, ...] = ()
+    sof: int = 0xC0
+    """The start-of-frame marker's second byte: 0xC0 baseline, 0xC3 lossless, 0xF7 JPEG-LS."""
+    spiff_colour: int | None = None
+    """A SPIFF header's colour space (10 RGB, 3 YCbCr BT.601 full range, 8 greyscale)."""
+    hp_transform: int | None = None
+    """JPEG-LS HP colour transform id from an APP8 "mrfx" segment (CharLS), if any."""
 
 
 def _u16(data: bytes, pos: int) -> int:
@@ -66,6 +78,8 @@ def _parse(data: bytes) -> JpegInfo:
     pos = 2
     jfif = False
     adobe_transform: int | None = None
+    spiff_colour: int | None = None
+    hp_transform: int | None = None
     sof: tuple[int, bytes] | None = None
     n = len(data)
     while pos + 4 <= n:
@@ -84,6 +98,10 @@ def _parse(data: bytes) -> JpegInfo:
             jfif = True
         elif marker == 0xEE and segment[:5] == b"Adobe" and len(segment) >= 12:
             adobe_transform = segment[11]
+        elif marker == 0xE8 and segment[:6] == b"SPIFF\x00" and len(segment) >= 19:
+            spiff_colour = segment[18]
+        elif marker == 0xE8 and segment[:4] == b"mrfx" and len(segment) >= 5:
+            hp_transform = segment[4]
         elif marker in _SOF_MARKERS:
             sof = (marker, segment)
         elif marker == 0xDA:  # start of scan: header is over
@@ -122,6 +140,10 @@ def _parse(data: bytes) -> JpegInfo:
         subsampling=subsampling,
         jfif=jfif,
         adobe_transform=adobe_transform,
+        component_ids=tuple(ids),
+        sof=marker,
+        spiff_colour=spiff_colour,
+        hp_transform=hp_transform,
     )
 
 

@@ -20,7 +20,8 @@ import numpy as np
 import tifffile
 
 from config.settings import ConversionOptions
-from converter.codecs.frames import fill_tile_like, ts_name
+from converter.codecs import colour
+from converter.codecs.frames import fill_tile_like, frame_colour, ts_name
 from converter.errors import DecodeError, OutputError, VerificationError
 from converter.source.instance import WsiInstance
 from converter.codecs.jpeg import JpegInfo, parse_jpeg
@@ -33,6 +34,7 @@ from converter.conversion.report import ConversionReport, LevelReport
 from converter.conversion.run import run_conversion, sidecar_path  # noqa: F401 (sidecar_path: imported from here by the pipeline)
 from converter.source.series import Series, build_series
 from converter.tiff.writer import AssociatedImage, TiffLevel, aperio_description, write_tiff
+from converter.tiff.plausibility import enforce_colour
 from converter.tiff.verify import verify_tiff
 
 log = logging.getLogger("wsi_node.convert")
@@ -78,8 +80,18 @@ def _copy_facts(level: Level, reader: LevelReader) -> tuple[SourceLevelFacts, Jp
                     blocker = f"chroma subsampling {info.subsampling} cannot be tagged in TIFF"
                 elif tw % (8 * max(info.subsampling)) or th % (8 * max(info.subsampling)):
                     blocker = f"{tw}x{th} tiles are not a multiple of the JPEG MCU size"
+                else:
+                    # TIFF readers decode copied frames by their markers and the Photometric tag;
+                    # when the colour decision is not what the markers say (no marker, and the
+                    # label decided, PS3.5 8.2.1 note 2) re-encode, so every reader agrees.
+                    decided = _TIFF_SPACE.get(frame_colour(data, level.first).decided)
+                    if decided != info.colorspace:
+                        blocker = f"frames carry no colour marker and the label decides {decided}, not what TIFF readers would assume ({info.colorspace})"
     facts = SourceLevelFacts(level.width, level.height, tw, th, blocker, reader.frame_sizes())
     return facts, info
+
+
+_TIFF_SPACE = {colour.RGB: "RGB", colour.YBR: "YCbCr", colour.GRAY: "gray"}
 
 
 def _spacing(series: Series, width: int, height: int) -> tuple[float, float] | None:
@@ -282,6 +294,12 @@ def _attempt_convert(series, readers, blockers, output, options, report, work, t
     report.levels = [
         LevelReport(lv.index, lv.width, lv.height, lv.action, lv.reason, lv.source) for lv in plan.levels
     ]
+    heads = {lv.index: chain[0].source for chain in plan.chains() for lv in chain}
+    decisions = {i: r.colour() for i, r in readers.items()}
+    for rep in report.levels:
+        src = rep.source_level if rep.source_level is not None else heads.get(rep.index)
+        if src is not None and decisions.get(src) is not None:
+            rep.colour = decisions[src].as_report()
     report.timings["plan"] = round(time.monotonic() - t, 3)
 
     t = time.monotonic()
@@ -358,6 +376,10 @@ def write_verify_publish(tmp: Path, output: Path, plan: LayoutPlan, tiff_levels:
     t = time.monotonic()
     report.checks = verify_tiff(tmp, pages, plan, readers, fills, options.verify_samples, options.max_mad)
     report.timings["verify"] = round(time.monotonic() - t, 3)
+    for reader in readers.values():
+        if len(getattr(reader, "colours", {})) > 1:
+            report.notes.append("frames of one level were decided differently: " + "; ".join(
+                f"{d.decided} ({d.why})" for d in reader.colours.values()))
     failed = [c for c in report.checks if not c.passed]
     if failed:
         details = "; ".join(f"level {c.level} ({c.action}): {c.detail}" for c in failed)
@@ -365,6 +387,10 @@ def write_verify_publish(tmp: Path, output: Path, plan: LayoutPlan, tiff_levels:
             f"{what}: the converted TIFF does not match the source ({details}); nothing was published.",
             "Report this with the sidecar JSON; meanwhile try --mode reencode.",
         )
+    # A check that shares no assumption with the conversion: the output's own background.
+    t = time.monotonic()
+    enforce_colour(tmp, pages, report, what)
+    report.timings["colour_check"] = round(time.monotonic() - t, 3)
     for spool in pool_spools.values():
         spool.close()
     try:

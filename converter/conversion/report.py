@@ -23,6 +23,8 @@ class LevelReport:
     """JPEG quality of re-encoded tiles (the highest used, when some tiles needed more)."""
     tiles_quality_raised: int = 0
     """Tiles encoded above --quality because they differed from the source by more than the limit."""
+    colour: dict[str, str] = field(default_factory=dict)
+    """How the source frames' colour space was decided: label, bitstream, decided, why (converter.codecs.colour)."""
 
 
 @dataclass
@@ -50,6 +52,8 @@ class ConversionReport:
     levels: list[LevelReport] = field(default_factory=list)
     associated: list[str] = field(default_factory=list)
     checks: list[LevelCheck] = field(default_factory=list)
+    colour_checks: list[Any] = field(default_factory=list)
+    """converter.tiff.plausibility.ColourCheck per level: the output's background is near-neutral."""
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 

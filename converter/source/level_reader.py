@@ -12,7 +12,8 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from converter.codecs.frames import background_tile, decode_frame
+from converter.codecs.colour import ColourDecision
+from converter.codecs.frames import background_tile, decode_frame_colour, frame_colour
 from converter.source.frame_index import FrameIndex, build_frame_index
 from converter.source.level import Level
 
@@ -33,6 +34,8 @@ class LevelReader:
             self.close()
             raise
         self._row_cache: dict[int, np.ndarray] = {}
+        self.colours: dict[tuple[str, str], ColourDecision] = {}
+        """Every distinct colour decision met while decoding (decided, why) -> decision."""
 
     def close(self) -> None:
         for fp in self._files:
@@ -63,7 +66,19 @@ class LevelReader:
         if data is None:
             return background_tile(lv.tile_height, lv.tile_width, self.samples, self.background)
         ref = lv.tile_index.frames[(col, row)]
-        return decode_frame(data, lv.instances[ref.instance], ref.frame)
+        pixels, decision = decode_frame_colour(data, lv.instances[ref.instance], ref.frame)
+        if decision is not None and (decision.decided, decision.why) not in self.colours:
+            self.colours[(decision.decided, decision.why)] = decision
+        return pixels
+
+    def colour(self) -> ColourDecision | None:
+        """The colour decision of the level's first frame (frames are decided one by one when decoded)."""
+        first = next(iter(sorted(self.level.tile_index.frames)), None)
+        if first is None:
+            return None
+        data = self.frame_bytes(*first)
+        ref = self.level.tile_index.frames[first]
+        return frame_colour(data, self.level.instances[ref.instance], ref.frame) if data is not None else None
 
     def tile(self, col: int, row: int) -> np.ndarray:
         return self._decode(col, row, self.frame_bytes(col, row))

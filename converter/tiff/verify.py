@@ -41,7 +41,7 @@ def _sample_tiles(across: int, down: int, n: int, seed: int) -> list[tuple[int, 
 _TAG_COLORSPACE = {1: "GRAY", 2: "RGB", 6: "YCBCR"}
 
 
-class _TiffTiles:
+class TiffTiles:
     def __init__(self, tif: tifffile.TiffFile, page_index: int) -> None:
         self.page = tif.pages[page_index]
         self.fh = tif.filehandle
@@ -88,7 +88,7 @@ def verify_tiff(
             for lv in chain:
                 heads[lv.index] = chain[0]
         for lv in plan.levels:
-            out = _TiffTiles(tif, pages[f"level-{lv.index}"])
+            out = TiffTiles(tif, pages[f"level-{lv.index}"])
             page = out.page
             if (page.imagewidth, page.imagelength) != (lv.width, lv.height):
                 checks.append(LevelCheck(lv.index, lv.action, 0, None, 0.0, False, f"size {page.imagewidth}x{page.imagelength} != {lv.width}x{lv.height}"))
@@ -115,7 +115,7 @@ def verify_tiff(
                         a = downsample2(a)
                     return a
             else:
-                parent = _TiffTiles(tif, pages[f"level-{lv.index - 1}"])
+                parent = TiffTiles(tif, pages[f"level-{lv.index - 1}"])
                 pw, ph = plan.levels[lv.index - 1].width, plan.levels[lv.index - 1].height
 
                 def reference(col: int, row: int, parent=parent, pw=pw, ph=ph) -> np.ndarray:
@@ -145,7 +145,7 @@ def verify_tiff(
     return checks
 
 
-def _check_copy(lv: OutputLevel, out: _TiffTiles, reader: LevelReader, tiles: list[tuple[int, int]], fill: bytes | None) -> LevelCheck:
+def _check_copy(lv: OutputLevel, out: TiffTiles, reader: LevelReader, tiles: list[tuple[int, int]], fill: bytes | None) -> LevelCheck:
     worst = 0.0
     for col, row in tiles:
         src = reader.frame_bytes(col, row)
