@@ -9,6 +9,7 @@ to another process without re-reading the headers.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import threading
 import warnings
@@ -187,6 +188,14 @@ def _metadata(ds: Dataset) -> dict[str, str]:
 
 _PYDICOM_LOCK = threading.Lock()
 """warnings.catch_warnings changes process-wide state: one header read at a time inside it."""
+
+
+def _fresh_lock() -> None:
+    global _PYDICOM_LOCK
+    _PYDICOM_LOCK = threading.Lock()  # a fork while another thread held it must not leave the child locked
+
+
+os.register_at_fork(after_in_child=_fresh_lock)
 
 
 def read_dataset_header(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Dataset, HeaderScan]:
