@@ -46,10 +46,31 @@ class NodeMetrics:
         self.queue = Gauge("wsi_node_queue_depth", "Conversion jobs submitted and not finished", registry=r)
         self.free = Gauge("wsi_node_free_disk_bytes", "Free bytes on the inbox filesystem", registry=r)
         self.reserve = Gauge("wsi_node_disk_reserve_bytes", "Free disk below which instances are refused", registry=r)
+        self.deaths = Counter("wsi_node_worker_deaths", "Conversion processes that died without a result "
+                              "(killed, out-of-memory killer, a codec crash)", registry=r)
+        self.retries = Counter("wsi_node_conversion_retries", "Conversions queued again after their process died", registry=r)
+        self.poison = Counter("wsi_node_poison_slides", "Series quarantined because every conversion attempt died", registry=r)
+        self.faults = Counter("wsi_node_pipeline_faults", "Faults of the inbox pipeline that are not the slide's: no-space "
+                              "(serving or archive full), error (an event, series or result that could not be handled)",
+                              ["kind"], registry=r)
+        self.refusals = Counter("wsi_node_refused", "Instances, requests and associations refused, by protocol and reason",
+                                ["protocol", "reason"], registry=r)
+        self.ready = Gauge("wsi_node_conversions_ready", "1 when conversions can run (see /readyz), else 0", registry=r)
         for state in STATES:
             self.series.labels(state)
         for action in ("copied", "reencoded"):
             self.tiles.labels(action)
+        for kind in ("no-space", "error"):
+            self.faults.labels(kind)
+
+    def fault(self, kind: str) -> None:
+        """A fault of the pipeline or the main loop (converter.inbox.retries.FAULTS); any thread."""
+        counter = {"worker-death": self.deaths, "retry": self.retries, "poison": self.poison}.get(kind)
+        (counter if counter is not None else self.faults.labels(kind)).inc()
+
+    def refused(self, protocol: str, reason: str) -> None:
+        """A receiver refused something ("dimse"/"stow", a short reason key); the receivers' `refused` event."""
+        self.refusals.labels(protocol, reason).inc()
 
     def stored(self, protocol: str, association: str, size: int) -> None:
         sender = association.split("@", 1)[0]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -115,6 +116,32 @@ def snapshot(node: MonitoredNode) -> dict[str, Any]:
     return {"series": series, "counts": counts, "jobs": len(pipeline.jobs), "time": time.time()}
 
 
+def conversion_check(node: MonitoredNode) -> dict[str, Any]:
+    """Whether conversions can run: the executor can start processes, serving and archive are not full.
+
+    Read from an HTTP thread: the executor's health is locked, the pipeline's space problems are a
+    small dict copied at once (written only by the main loop).
+    """
+    problems = []
+    health = getattr(node.pipeline.executor, "health", None)
+    if callable(health):
+        ok, detail = health()
+        if not ok:
+            problems.append(detail)
+    else:
+        detail = "conversions run on a " + type(node.pipeline.executor).__name__
+    for role, reason in sorted(dict(node.pipeline.retries.space).items()):
+        folder = getattr(node.s.pipeline, role)
+        try:
+            free = f"{shutil.disk_usage(folder).free >> 20} MB free now"
+        except OSError as exc:
+            free = f"free space unknown: {exc.strerror or exc}"
+        problems.append(f"{role} {folder} is full ({free}): {reason}")
+    node.metrics.ready.set(0 if problems else 1)
+    return {"ok": not problems, "detail": "; ".join(problems) or detail,
+            "worker_deaths": node.pipeline.retries.faults["worker-death"], "jobs": len(node.pipeline.jobs)}
+
+
 # --- HTTP ---------------------------------------------------------------------------------------------
 
 class Monitor:
@@ -182,6 +209,7 @@ class Monitor:
                                     "detail": f"{free >> 20} MB free, reserve {node.store.reserve_bytes >> 20} MB"}
         except OSError as exc:
             checks["disk_space"] = {"ok": False, "detail": f"cannot read free disk space: {exc}"}
+        checks["conversions"] = conversion_check(node)
         return checks
 
     async def readyz(self, request: Request) -> Response:

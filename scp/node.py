@@ -9,6 +9,12 @@ and collects finished conversions. The loop sleeps until an event, a
 finished job, the tracker's next deadline (settle or quiet period) or the
 scan interval, so a complete slide is published about `settle` seconds after
 its last instance, not at the next scan.
+
+Faults (issue 10): nothing one instance or series does can stop the loop or make it spin. An
+event that cannot be handled is logged with its UIDs and counted; a series that cannot be
+handled is deferred with backoff by the pipeline; a conversion process that dies costs only its
+series an attempt (converter.executors.local, converter.inbox.results). /readyz says when
+conversions cannot run (no process can be started, serving or archive full).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from config.options import default
 from config.settings import BatchSettings
 from converter.executors.local import make_executor
 from converter.inbox.pipeline import InboxPipeline
@@ -47,6 +54,10 @@ class NodeSettings:
     quiet: float = 60.0
     http: HttpSettings | None = None
     """DICOMweb STOW-RS receiver; None: no HTTP listener."""
+    max_attempts: int = default("max_attempts")
+    """Conversion attempts of a series whose conversion process dies, before it is quarantined as a poison slide."""
+    conversion_memory_mb: int = default("conversion_memory_mb")
+    """Cap of the memory budget of one conversion; slides whose declared size needs more are refused."""
 
 
 class Node:
@@ -60,16 +71,20 @@ class Node:
                                    reserve_bytes=settings.disk_reserve_mb << 20, keep_other=settings.dimse.accept_other_storage)
         self.tracker = Tracker(Path(p.state_dir) / "wsi-node.sqlite", settings.settle, settings.quiet)
         self.executor = make_executor(p.max_concurrent, start_method="forkserver")
-        self.pipeline = InboxPipeline(p, self.executor, tracker=self.tracker)
+        self.pipeline = InboxPipeline(p, self.executor, tracker=self.tracker, max_attempts=settings.max_attempts,
+                                      memory_cap_mb=settings.conversion_memory_mb)
         self.pipeline.on_job_done = self.wake.set
         self.version = node_version()
         self.metrics = NodeMetrics(self.version, settings.dimse.ae_title)
         self.pipeline.on_job_finished = self.metrics.job_finished
-        self.dimse = DimseReceiver(settings.dimse, self.store, ReceiverEvents(lambda r, a: self._stored(r, a, "dimse"), self._closed))
+        self.pipeline.retries.on_fault = self.metrics.fault
+        self.dimse = DimseReceiver(settings.dimse, self.store, ReceiverEvents(lambda r, a: self._stored(r, a, "dimse"), self._closed,
+                                                                              self.metrics.refused))
         self.http: HttpServer | None = None
         if settings.http is not None:
             h = settings.http
-            self.stow = StowReceiver(h, self.store, ReceiverEvents(lambda r, a: self._stored(r, a, "stow"), self._closed))
+            self.stow = StowReceiver(h, self.store, ReceiverEvents(lambda r, a: self._stored(r, a, "stow"), self._closed,
+                                                                   self.metrics.refused))
             self.monitor = Monitor(self)
             # STOW-RS authenticates in its own endpoint: the operations routes are open (read-only, no patient data).
             self.stow.app.router.routes.extend(self.monitor.routes)
@@ -103,21 +118,58 @@ class Node:
                 event = self.events.get_nowait()
             except queue.Empty:
                 return
-            if event[0] == "stored":
-                _, result, association, when = event
-                if result.instance is not None:
-                    sender = association.split("@", 1)[0]
-                    self.tracker.on_instance(result.instance, association, sender, when)
-                    self.pipeline.register_received(result.instance)
-            elif event[0] == "closed":
-                self.tracker.on_association_closed(event[1])
-            elif event[0] == "query":
-                _, fn, future = event
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn(self))
-                    except BaseException as exc:  # handed to the asking thread
-                        future.set_exception(exc)
+            try:
+                self._handle(event)
+            except Exception:  # one event must not stop the others, nor the loop
+                self.metrics.fault("error")
+                what = event[0]
+                if what == "stored" and event[1].instance is not None:
+                    what = f"instance {event[1].instance.sop_instance_uid} of series {event[1].instance.series_uid}"
+                log.exception("%s could not be handled; the node goes on with the others", what)
+
+    def _handle(self, event: tuple) -> None:
+        if event[0] == "stored":
+            _, result, association, when = event
+            if result.instance is not None:
+                sender = association.split("@", 1)[0]
+                self.tracker.on_instance(result.instance, association, sender, when)
+                self.pipeline.register_received(result.instance)
+        elif event[0] == "closed":
+            self.tracker.on_association_closed(event[1])
+        elif event[0] == "query":
+            _, fn, future = event
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(self))
+                except BaseException as exc:  # handed to the asking thread
+                    future.set_exception(exc)
+
+    def _due(self, now: float) -> bool:
+        """Whether a tracked series is due for conversion now (not running, not waiting for a retry)."""
+        for uid in list(self.tracker.series):
+            if uid in self.pipeline.jobs or self.pipeline.retries.deferred(uid):
+                continue
+            try:
+                if self.tracker.decision(uid, now).action != "wait":
+                    return True
+            except Exception:  # a series whose facts cannot be assessed must not stop the loop
+                self.metrics.fault("error")
+                log.exception("series %s: its completeness cannot be assessed; it waits for the next scan", uid)
+                self.pipeline.retries.defer(uid)
+        return False
+
+    def _next_deadline(self, now: float, next_scan: float, last_pass: float) -> float:
+        deadline = next_scan
+        try:
+            wakeup = self.tracker.next_wakeup(now)
+        except Exception:
+            log.exception("cannot compute the tracker's next deadline; waking at the next scan")
+            wakeup = None
+        retry = self.pipeline.retries.next_retry()
+        for t in (wakeup, retry):
+            if t is not None:
+                deadline = min(deadline, max(t + 0.05, last_pass + 0.5))
+        return deadline
 
     def start(self) -> None:
         removed = self.store.clean_incoming()
@@ -143,32 +195,32 @@ class Node:
         interval = self.s.pipeline.watch_interval
         next_scan = last_pass = 0.0
         next_prune = time.time() + 3600
+        failures = 0
         while not self.stop_event.is_set():
             self.wake.clear()
             now = time.time()
             try:
                 self._drain()
-                due = any(self.tracker.decision(uid, now).action != "wait"
-                          for uid in self.tracker.series if uid not in self.pipeline.jobs)
                 # A due series triggers a pass at once, but at most twice a second (a series that
                 # stays due, e.g. its files were removed by hand, must not spin the loop).
-                if now >= next_scan or (due and now - last_pass >= 0.5):
+                if now >= next_scan or (self._due(now) and now - last_pass >= 0.5):
                     last_pass, next_scan = now, now + interval
                     self.pipeline.run_pass()
                 self.pipeline.collect(wait=False)
+                failures = 0
             except Exception:
-                # The receivers keep running; a failing pass (a full disk, a folder gone) is logged and retried.
-                log.exception("the node's main loop failed; retrying in 5 s")
-                self.stop_event.wait(5)
+                # Series and results are isolated in the pipeline; what fails here is the pass itself
+                # (the inbox folder gone, the state database unwritable). Receivers keep running.
+                failures += 1
+                self.metrics.fault("error")
+                delay = min(60.0, 5.0 * failures)
+                log.exception("an inbox pass failed (%d in a row); retrying in %g s", failures, delay)
+                self.stop_event.wait(delay)
                 continue
             if now >= next_prune:
                 self.tracker.prune(now)
                 next_prune = now + 3600
-            deadline = next_scan
-            wakeup = self.tracker.next_wakeup(now)
-            if wakeup is not None:
-                deadline = min(deadline, max(wakeup + 0.05, last_pass + 0.5))
-            self.wake.wait(max(0.05, deadline - time.time()))
+            self.wake.wait(max(0.05, self._next_deadline(now, next_scan, last_pass) - time.time()))
         return self.shutdown()
 
     def shutdown(self) -> int:

@@ -6,19 +6,32 @@ must end the same way: the sidecar JSON is written only after the TIFF was publi
 failure becomes the report's `error` instead of an exception (the executor runs one
 conversion per task and needs a plain value back); the scratch files go whatever happened;
 `timings.total` is the whole wall time. Keeping that in one place keeps the two alike.
+
+Two failures are not about the slide and get a status of their own, so that the pipeline can
+tell them apart from bad input: "no-space" (ENOSPC/EDQUOT anywhere while writing; the series
+stays queued and is retried when space returns) and "out-of-memory" (the conversion exceeded its
+memory budget, converter.executors.local.MemoryBudget). Whatever failed, nothing partial stays in
+serving: the temporary TIFF, the work folder, the sidecar's temporary file, and a TIFF that was
+renamed into place but whose sidecar could not be written, are removed. A process killed outright
+cannot clean up: the pipeline removes that conversion's scratch files (scratch_files) after the
+death, and at every start.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 from config.errors import WsiNodeError
 from converter.conversion.report import ConversionReport
-from converter.durable import atomic_write_text
+from converter.durable import atomic_write_text, temp_name
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def sidecar_path(output: Path) -> Path:
@@ -38,18 +51,85 @@ def run_conversion(output: Path, report: ConversionReport, body: Callable[[Path,
     t0 = time.monotonic()
     work = output.parent / f".{output.name}.{os.getpid()}.work"
     tmp = output.parent / f".{output.name}.{os.getpid()}.tmp"
+    published = False
     try:
         body(work, tmp)
+        published = True
         report.status = "published"
         report.output = str(output)
         report.timings["total"] = round(time.monotonic() - t0, 3)
         atomic_write_text(sidecar_path(output), report.to_json())
-    except WsiNodeError as exc:
-        report.error = str(exc)
-    except Exception as exc:  # a bug or an unexpected library failure: still a clear, per-conversion failure
-        report.error = describe(exc)
+    except BaseException as exc:
+        if published:  # the TIFF is in place but its sidecar is not: take it back, nothing half-published
+            report.status, report.output = "failed", None
+            output.unlink(missing_ok=True)
+        if not isinstance(exc, Exception):
+            raise
+        no_space = _in_chain(exc, lambda e: isinstance(e, OSError) and e.errno in NO_SPACE)
+        no_memory = _in_chain(exc, lambda e: isinstance(e, MemoryError))
+        if no_space is not None:
+            report.status = "no-space"
+            report.error = (f"no space left on the filesystem of {output.parent} while writing {output.name} "
+                            f"({_free_mb(output.parent)} MB free): {no_space.strerror}. Nothing was published. "
+                            "Fix: free space there; the series is converted when space returns.")
+        elif no_memory is not None:  # also behind a DecodeError: a frame that could not be allocated is not corrupt
+            report.status = "out-of-memory"
+            report.error = (f"the conversion needed more memory than its budget of {_budget_mb()} MB "
+                            f"({no_memory or 'allocation failed'}). "
+                            "Fix: check the slide's declared size (TotalPixelMatrixColumns/Rows); if it is real, raise "
+                            "conversion_memory_mb and move the files back into the inbox.")
+        elif isinstance(exc, WsiNodeError):
+            report.error = str(exc)
+        else:  # a bug or an unexpected library failure: still a clear, per-conversion failure
+            report.error = describe(exc)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-        tmp.unlink(missing_ok=True)
+        for path in (work, tmp, temp_name(sidecar_path(output))):
+            _remove(path)
         report.timings["total"] = round(time.monotonic() - t0, 3)
     return report
+
+
+def scratch_files(output: Path, pid: int | None = None) -> Iterator[Path]:
+    """The temporary files and work folders of conversions to `output` (of process `pid`, or any)."""
+    tag = str(pid) if pid is not None else "*"
+    for pattern in (f".{output.name}.{tag}.work", f".{output.name}.{tag}.tmp", f".{sidecar_path(output).name}.{tag}.tmp"):
+        yield from output.parent.glob(pattern)
+
+
+def remove_scratch(output: Path, pid: int | None = None) -> list[Path]:
+    """Remove what scratch_files finds (after a conversion process was killed); returns what went."""
+    removed = []
+    for path in list(scratch_files(output, pid)):
+        _remove(path)
+        removed.append(path)
+    return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _in_chain(exc: BaseException | None, match: Callable[[BaseException], bool]) -> Any:
+    """The exception behind `exc` (itself, its cause or context, ten deep) that `match`es, if any."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if match(exc):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def _free_mb(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free >> 20
+    except OSError:
+        return -1
+
+
+def _budget_mb() -> str:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_DATA)
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft >> 20)

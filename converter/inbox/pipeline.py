@@ -33,34 +33,26 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from config.options import default
 from config.settings import BatchSettings, ConversionOptions
 from converter.conversion.convert import convert_series, plan_series
+from converter.executors.local import MemoryBudget, conversion_budget
 from converter.source.discover import safe_name
 from converter.source.instance import WsiInstance
-from converter.inbox.moves import archive_files, quarantine_file, quarantine_series, unique_path
+from converter.inbox.moves import quarantine_file, unique_path
 from converter.inbox.outputs import sidecar_matches, sop_fingerprint, target_for, unique_by_sop
+from converter.inbox.resends import resent_copies
+from converter.inbox.results import Job, Results, series_instances
+from converter.inbox.retries import Retries
 from converter.inbox.passthrough import check_passthrough, move_passthrough, passthrough_suffix
 from converter.inbox.scan import scan_inbox
 from converter.conversion.plain_tiff import convert_plain_tiff
-from converter.conversion.report import ConversionReport
 from converter.inbox.state import FileRow, StateStore
 
 if TYPE_CHECKING:
     from converter.inbox.tracker import Tracker
 
 log = logging.getLogger("wsi_node.batch")
-
-@dataclass
-class Job:
-    kind: str  # "series" | "passthrough"
-    key: str
-    rels: list[str]
-    target: Path
-    future: Future
-    covered: float = 0.0
-    """Arrival time up to which the tracker's instances are in this conversion."""
-    started: float = field(default_factory=time.monotonic)
-
 
 @dataclass
 class PassSummary:
@@ -90,10 +82,12 @@ def _strip_suffix(name: str) -> str:
 
 class InboxPipeline:
     def __init__(self, settings: BatchSettings, executor: Executor | None, clock: Callable[[], float] = time.time,
-                 tracker: "Tracker | None" = None) -> None:
+                 tracker: "Tracker | None" = None, max_attempts: int = default("max_attempts"),
+                 memory_cap_mb: int = default("conversion_memory_mb")) -> None:
         self.s = settings
         self.executor = executor
         self.tracker = tracker
+        self.memory_cap = memory_cap_mb << 20
         self.on_job_done: Callable[[], None] | None = None
         """Called (from a worker-result thread) when a job finishes, so an event loop can wake up."""
         self.on_job_finished: Callable[[str, object, float], None] | None = None
@@ -103,13 +97,14 @@ class InboxPipeline:
         readonly = settings.dry_run
         self.store = StateStore(Path(settings.state_dir) / "wsi-node.sqlite", readonly=readonly)
         self.jobs: dict[str, Job] = {}
-        self.failures = 0
-        self.published = 0
+        self.retries = Retries(clock, max_attempts)
+        """Backoff, space problems and fault counts (converter.inbox.retries)."""
+        self.results = Results(settings, self.store, tracker, self.retries)
         self._waiting_logged: set[str] = set()
 
     # --- start-up ---------------------------------------------------------------------------
     def recover(self) -> None:
-        """Resume after a crash: in-flight series go back to pending, our temporary files in serving go."""
+        """Resume after a crash: in-flight series go back to pending, temporary files of conversions and moves go."""
         for uid in self.store.reset_in_flight():
             log.warning("series %s was being converted when the last run stopped; it will be converted again", uid)
         serving = Path(self.s.serving)
@@ -121,6 +116,12 @@ class InboxPipeline:
                     shutil.rmtree(item, ignore_errors=True)
                 else:
                     item.unlink(missing_ok=True)
+        # Moves across filesystems copy to .<name>.<pid>.tmp beside the target: look where pending files go.
+        folders = {Path(root) / Path(rel).parent for rel in self.store.files() for root in (self.s.archive, self.s.quarantine)}
+        for folder in folders:
+            for item in folder.glob(".*.tmp") if folder.is_dir() else []:
+                log.info("removing temporary %s left by an interrupted move", item)
+                item.unlink(missing_ok=True)
 
     # --- scanning ---------------------------------------------------------------------------
     def scan(self) -> tuple[list[FileRow], set[str]]:
@@ -144,34 +145,45 @@ class InboxPipeline:
             if unit in unsettled:
                 continue
             self._waiting_logged.discard(unit)
-            if row.kind == "rejected":
-                quarantine_file(row, row.reason or "rejected", Path(self.s.quarantine), self.store)
-                summary.quarantined += 1
-            elif row.kind == "passthrough":
-                if self._submit_passthrough(row):
-                    summary.submitted += 1
-            else:
-                by_series[row.series_uid].append(row)
+            try:
+                if row.kind == "rejected":
+                    quarantine_file(row, row.reason or "rejected", Path(self.s.quarantine), self.store)
+                    summary.quarantined += 1
+                elif row.kind == "passthrough":
+                    if self._submit_passthrough(row):
+                        summary.submitted += 1
+                else:
+                    by_series[row.series_uid].append(row)
+            except Exception:  # one bad file must not stop the pass (nor every later one)
+                self.retries.fault("error")
+                delay = self.retries.defer(f"file:{row.rel}")
+                log.exception("%s could not be handled; retrying in %g s", row.rel, delay)
         units_of: dict[str, set[str]] = defaultdict(set)
         for row in rows:
             if row.kind == "dicom":
                 units_of[row.series_uid].add(row.rel.split("/", 1)[0])
         for uid, members in by_series.items():
-            if uid in self.jobs:
+            if uid in self.jobs or self.retries.deferred(uid):
                 continue
-            notes: list[str] = []
-            if self.tracker is not None and self.tracker.tracks(uid):
-                decision = self.tracker.decision(uid, self.clock())
-                if decision.action == "wait":
+            try:
+                notes: list[str] = []
+                if self.tracker is not None and self.tracker.tracks(uid):
+                    decision = self.tracker.decision(uid, self.clock())
+                    if decision.action == "wait":
+                        continue
+                    if decision.action == "convert-incomplete":
+                        notes = [f"the slide looked incomplete when the quiet period ended: {r}" for r in decision.reasons]
+                        log.warning("series %s: no new instance for %g s; converting what arrived. Incomplete: %s",
+                                    uid, self.tracker.quiet, "; ".join(decision.reasons))
+                elif units_of[uid] & unsettled:
                     continue
-                if decision.action == "convert-incomplete":
-                    notes = [f"the slide looked incomplete when the quiet period ended: {r}" for r in decision.reasons]
-                    log.warning("series %s: no new instance for %g s; converting what arrived. Incomplete: %s",
-                                uid, self.tracker.quiet, "; ".join(decision.reasons))
-            elif units_of[uid] & unsettled:
-                continue
-            if self._handle_series(uid, members, notes):
-                summary.submitted += 1
+                if self._handle_series(uid, members, notes):
+                    summary.submitted += 1
+            except Exception as exc:  # one bad series must not stop the pass (nor every later one)
+                self.retries.fault("error")
+                delay = self.retries.defer(uid)
+                log.exception("series %s could not be handled; retrying in %g s", uid, delay)
+                self.store.set_series(uid, state="pending", error=f"could not be handled: {type(exc).__name__}: {exc}")
         return summary
 
     def register_received(self, instance: WsiInstance) -> None:
@@ -183,47 +195,65 @@ class InboxPipeline:
 
     def _instances(self, uid: str, rels: set[str]) -> tuple[list[WsiInstance], list[WsiInstance]]:
         """Cached headers of the series: (the given inbox files, the archived ones), with current paths."""
-        inbox, archived = [], []
-        for r in self.store.series_files(uid):
-            if r.rel in rels:
-                inbox.append(replace(StateStore.header(r), path=r.location))
-            elif r.state == "archived":
-                archived.append(replace(StateStore.header(r), path=r.location))
-        return inbox, archived
+        return series_instances(self.store, uid, rels)
 
     def _handle_series(self, uid: str, members: list[FileRow], notes: list[str] | None = None) -> bool:
         state = self.store.series(uid)
-        inbox_instances, archived_instances = self._instances(uid, {r.rel for r in members})
         if state and state["state"] == "published":
-            published = set(json.loads(state["fingerprint"] or "[]"))
-            if {i.sop_instance_uid for i in inbox_instances} <= published:
-                log.info("series %s: %d file(s) already in the published output; archiving them", uid, len(members))
-                archive_files(members, Path(self.s.archive), self.store)
+            members, replaced = resent_copies(uid, members, set(json.loads(state["fingerprint"] or "[]")), self.store,
+                                               Path(self.s.archive))
+            if not members:
                 return False
-            log.warning("series %s: new instances arrived after it was published; re-opening and converting again", uid)
+            if replaced:
+                self.store.set_series(uid, stale=1)
+                state["stale"] = 1
+            else:
+                log.warning("series %s: new instances arrived after it was published; re-opening and converting again", uid)
+        inbox_instances, archived_instances = self._instances(uid, {r.rel for r in members})
         instances = unique_by_sop(inbox_instances + archived_instances)
         target = target_for(uid, members, Path(self.s.serving), self.s.naming, self.store)
-        if sidecar_matches(target, uid, sop_fingerprint(instances)):
+        if not (state and state.get("stale")) and sidecar_matches(target, uid, sop_fingerprint(instances)):
             log.info("series %s: %s is already published for exactly these instances (an earlier run stopped before archiving)", uid, target)
             self.store.set_series(uid, study_uid=instances[0].study_uid, state="published", output=str(target),
-                                  fingerprint=json.dumps(sop_fingerprint(instances)))
-            archive_files(members, Path(self.s.archive), self.store)
+                                  fingerprint=json.dumps(sop_fingerprint(instances)), attempts=0)
+            self.results.archive(members)
             return False
-        self.store.set_series(uid, study_uid=instances[0].study_uid, state="converting", output=str(target), error=None)
-        log.info("series %s: converting %d instance(s) to %s", uid, len(instances), target)
+        attempts = (state or {}).get("attempts") or 0
+        if attempts >= self.retries.max_attempts:
+            self.results.poison(uid, members, attempts, (state or {}).get("error") or "the node stopped during each attempt")
+            return False
+        budget = self._budget(instances)
+        if budget > self.memory_cap:
+            error = (f"series {uid}: its declared size ({max(i.image_width for i in instances)} px wide) needs about "
+                     f"{budget >> 20} MB to convert, more than conversion_memory_mb ({self.memory_cap >> 20} MB). Fix: check "
+                     "TotalPixelMatrixColumns/Rows of its instances; if they are real, raise conversion_memory_mb.")
+            self.results.failed(uid, members, error)
+            return False
+        attempts += 1
+        if attempts > 1:
+            notes = [*(notes or []), f"attempt {attempts} of {self.retries.max_attempts}; before: {(state or {}).get('error')}"]
+        self.store.set_series(uid, study_uid=instances[0].study_uid, state="converting", output=str(target), attempts=attempts,
+                              error=(state or {}).get("error") if attempts > 1 else None)
+        log.info("series %s: converting %d instance(s) to %s%s", uid, len(instances), target,
+                 f" (attempt {attempts} of {self.retries.max_attempts})" if attempts > 1 else "")
         covered = self.tracker.started(uid) if self.tracker is not None and self.tracker.tracks(uid) else 0.0
-        future = self.executor.submit(convert_series, instances, target, self.options, notes or [])
+        future = self.executor.submit(MemoryBudget(convert_series, budget), instances, target, self.options, notes or [])
         self.jobs[uid] = Job("series", uid, [r.rel for r in members], target, future, covered=covered)
         self._notify_when_done(future)
         return True
 
+    def _budget(self, instances: list[WsiInstance]) -> int:
+        widest = max(instances, key=lambda i: i.image_width)
+        return conversion_budget(widest.image_width, widest.tile_height, widest.samples_per_pixel, self.options.threads,
+                                 cap_bytes=1 << 62)
+
     def _submit_passthrough(self, row: FileRow) -> bool:
         key = f"file:{row.rel}"
-        if key in self.jobs:
+        if key in self.jobs or self.retries.deferred(key):
             return False
         target = unique_path(Path(self.s.serving) / safe_name(Path(row.rel).name))
         log.info("%s: checking and passing through to %s", row.rel, target)
-        future = self.executor.submit(process_passthrough, row.location, str(target), self.options)
+        future = self.executor.submit(MemoryBudget(process_passthrough, self.memory_cap), row.location, str(target), self.options)
         self.jobs[key] = Job("passthrough", key, [row.rel], target, future)
         self._notify_when_done(future)
         return True
@@ -252,7 +282,14 @@ class InboxPipeline:
             for key, job in list(self.jobs.items()):
                 if job.future in done:
                     del self.jobs[key]
-                    self._finish(job)
+                    try:
+                        self._finish(job)
+                    except Exception as exc:  # one result that cannot be handled must not stop the others
+                        self.retries.fault("error")
+                        delay = self.retries.defer(key)
+                        log.exception("the result of %s could not be handled; retrying in %g s", key, delay)
+                        if job.kind == "series":
+                            self.store.set_series(key, state="pending", error=f"result not handled: {type(exc).__name__}: {exc}")
                     handled += 1
         return handled
 
@@ -261,7 +298,7 @@ class InboxPipeline:
         rows = [files[r] for r in job.rels if r in files]
         try:
             result = job.future.result()
-        except Exception as exc:  # the worker died (a codec crash, out of memory)
+        except Exception as exc:  # the worker died (a codec crash, out of memory) or the executor failed
             result = exc
         if self.on_job_finished is not None:
             try:
@@ -269,43 +306,17 @@ class InboxPipeline:
             except Exception:  # metrics must never stop the pipeline
                 log.exception("job-finished hook failed")
         if job.kind == "series":
-            report = result if isinstance(result, ConversionReport) else None
-            if self.tracker is not None and self.tracker.tracks(job.key):
-                self.tracker.finished(job.key, job.covered, bool(report is not None and report.ok))
-            if report is not None and report.ok:
-                instances, archived = self._instances(job.key, {r.rel for r in rows})
-                fingerprint = sop_fingerprint(unique_by_sop(instances + archived))
-                current = self.store.series(job.key) or {}
-                self.store.set_series(job.key, state="published", output=report.output, error=None,
-                                      conversions=(current.get("conversions") or 0) + 1, fingerprint=json.dumps(fingerprint))
-                self.published += 1
-                log.info("series %s published: %s (%s; %.1f s)", job.key, report.output,
-                         ", ".join(f"L{lv.index} {lv.action}" for lv in report.levels), report.timings.get("total", 0))
-                archive_files(rows, Path(self.s.archive), self.store)
-            else:
-                error = report.error if report is not None else f"the conversion process died: {result!r}"
-                self.failures += 1
-                self.store.set_series(job.key, state="failed", error=error)
-                log.error("series %s failed: %s", job.key, error)
-                quarantine_series(job.key, rows, error, Path(self.s.quarantine), self.store)
-            return
-        result = result if isinstance(result, dict) else {"ok": False, "error": f"the worker died: {result!r}", "action": "error"}
-        row = rows[0] if rows else None
-        if result.get("ok"):
-            self.published += 1
-            if result["action"] == "move":
-                log.info("%s passed through to %s (%s)", job.rels[0], result["output"], result["detail"])
-                if row:
-                    self.store.forget_files([row.rel])
-            else:
-                log.info("%s converted to pyramidal TIFF %s (%s)", job.rels[0], result["output"], result["detail"])
-                if row:
-                    archive_files([row], Path(self.s.archive), self.store)
+            self.results.series(job, rows, result)
         else:
-            self.failures += 1
-            log.error("%s: %s", job.rels[0], result.get("error"))
-            if row:
-                quarantine_file(row, result.get("error") or "failed", Path(self.s.quarantine), self.store)
+            self.results.passthrough(job, rows, result)
+
+    @property
+    def published(self) -> int:
+        return self.results.published
+
+    @property
+    def failures(self) -> int:
+        return self.results.failures
 
     # --- dry run ------------------------------------------------------------------------------------
     def dry_run(self, emit: Callable[[str], None] = print) -> None:

@@ -38,9 +38,14 @@ CREATE TABLE IF NOT EXISTS series (
     error TEXT,
     conversions INTEGER NOT NULL DEFAULT 0,
     fingerprint TEXT,              -- instances the published output was made from
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,  -- conversions started and not finished with a result (deaths, restarts)
+    stale INTEGER NOT NULL DEFAULT 0      -- 1: the published output is from replaced instances; never adopt it
 );
 """
+SERIES_FIELDS = ("uid", "study_uid", "state", "output", "error", "conversions", "fingerprint", "attempts", "stale")
+MIGRATIONS = (("attempts", "INTEGER NOT NULL DEFAULT 0"), ("stale", "INTEGER NOT NULL DEFAULT 0"))
+"""Columns added since the first schema: added to an existing database at open."""
 
 
 @dataclass
@@ -72,6 +77,13 @@ class StateStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(series)")}
+        for column, declaration in MIGRATIONS:
+            if column not in have:
+                self.db.execute(f"ALTER TABLE series ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         self.db.close()
@@ -127,34 +139,38 @@ class StateStore:
 
     # series
     def series(self, uid: str) -> dict[str, Any] | None:
-        cur = self.db.execute("SELECT uid, study_uid, state, output, error, conversions, fingerprint FROM series WHERE uid=?", (uid,))
-        row = cur.fetchone()
-        if row is None:
-            return None
-        return dict(zip(("uid", "study_uid", "state", "output", "error", "conversions", "fingerprint"), row))
+        row = self.db.execute(f"SELECT {', '.join(self._columns())} FROM series WHERE uid=?", (uid,)).fetchone()
+        return None if row is None else self._series_row(row)
 
     def all_series(self) -> Iterator[dict[str, Any]]:
-        cur = self.db.execute("SELECT uid, study_uid, state, output, error, conversions, fingerprint FROM series")
-        for row in cur.fetchall():
-            yield dict(zip(("uid", "study_uid", "state", "output", "error", "conversions", "fingerprint"), row))
+        for row in self.db.execute(f"SELECT {', '.join(self._columns())} FROM series").fetchall():
+            yield self._series_row(row)
+
+    def _columns(self) -> tuple[str, ...]:
+        """The series columns this database has (a read-only old database lacks the migrated ones)."""
+        if not hasattr(self, "_have"):
+            self._have = {row[1] for row in self.db.execute("PRAGMA table_info(series)")}
+        return tuple(f for f in SERIES_FIELDS if f in self._have)
+
+    def _series_row(self, row: tuple) -> dict[str, Any]:
+        values = dict.fromkeys(SERIES_FIELDS, 0)
+        values.update(zip(self._columns(), row))
+        return values
 
     def set_series(self, uid: str, **values: Any) -> None:
         if self.readonly:
             return
         current = self.series(uid)
         if current is None:
-            self.db.execute(
-                "INSERT INTO series (uid, study_uid, state, output, error, conversions, fingerprint, updated) VALUES (?,?,?,?,?,?,?,?)",
-                (uid, values.get("study_uid"), values.get("state", "pending"), values.get("output"), values.get("error"),
-                 values.get("conversions", 0), values.get("fingerprint"), time.time()),
-            )
+            current = {"uid": uid, "study_uid": None, "state": "pending", "output": None, "error": None, "conversions": 0,
+                       "fingerprint": None, "attempts": 0, "stale": 0}
+            current.update(values)
+            self.db.execute(f"INSERT INTO series ({', '.join(SERIES_FIELDS)}, updated) VALUES ({','.join('?' * (len(SERIES_FIELDS) + 1))})",
+                            (*(current[f] for f in SERIES_FIELDS), time.time()))
             return
         current.update(values)
-        self.db.execute(
-            "UPDATE series SET study_uid=?, state=?, output=?, error=?, conversions=?, fingerprint=?, updated=? WHERE uid=?",
-            (current["study_uid"], current["state"], current["output"], current["error"], current["conversions"],
-             current["fingerprint"], time.time(), uid),
-        )
+        self.db.execute(f"UPDATE series SET {', '.join(f'{f}=?' for f in SERIES_FIELDS[1:])}, updated=? WHERE uid=?",
+                        (*(current[f] for f in SERIES_FIELDS[1:]), time.time(), uid))
 
     def reset_in_flight(self) -> list[str]:
         """Series left 'converting' by a crash go back to 'pending'."""

@@ -134,6 +134,15 @@ class Tracker:
             t.status = "failed"
         self._save(t)
 
+    def retry(self, uid: str) -> None:
+        """The conversion ended without a result that counts (no space, a dead worker): the series is due
+        again as it was before it started (the pipeline's backoff decides when it is submitted)."""
+        t = self.series.get(uid)
+        if t is None:
+            return
+        t.status = "receiving"
+        self._save(t)
+
     def next_wakeup(self, now: float | None = None) -> float | None:
         now = time.time() if now is None else now
         times = [d.next_check for uid in self.series if (d := self.decision(uid, now)).next_check is not None]
