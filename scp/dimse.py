@@ -28,6 +28,9 @@ from pydicom.dataset import Dataset
 from pynetdicom import _config, evt
 from pynetdicom.sop_class import Verification
 
+from scp.commitment import STORAGE_COMMITMENT_PUSH
+from scp.commitment.handler import handle_n_action
+from scp.commitment.service import CommitmentService, CommitmentSettings
 from scp.events import ReceiverEvents
 from scp.incoming import IncomingFile, IncomingFiles, SpaceRules
 from scp.pynetdicom_adapter import NodeAE, dataset_writer, install
@@ -91,6 +94,8 @@ class DimseSettings:
     """Maximum PDU length advertised (PS3.8 D.1) and enforced; a longer PDU aborts the association (--max-pdu-kb)."""
     max_instance_bytes: int = 8 << 30
     """Largest instance received; a larger one is read, discarded and refused 0xA700 (--max-instance-mb); 0: no cap."""
+    commitment: CommitmentSettings = field(default_factory=CommitmentSettings)
+    """Storage Commitment SCP (scp/commitment/): reply addresses (--commitment-peer), retries."""
 
 # A-ASSOCIATE-RJ (result source, reason/diag.), PS3.8 9.3.4 table 9-21.
 REJECT_REASONS = {
@@ -120,6 +125,8 @@ class DimseReceiver:
         self.store = store
         self.events = events
         self.server = None
+        self.commitment: CommitmentService | None = None
+        """Set by the node: the Storage Commitment Push Model SCP (PS3.4 Annex J); None: not offered."""
         # Chunked receive writes each dataset to what pynetdicom takes for a NamedTemporaryFile: a
         # space-guarded file in inbox/.incoming (same filesystem: the final placement is a rename;
         # the scanner ignores the folder), registered per association so any end removes it.
@@ -139,6 +146,8 @@ class DimseReceiver:
             ae.require_calling_aet = list(self.s.allowed_calling_aets)
         ae.add_supported_context(Verification)
         ae.add_supported_context(WSI_STORAGE, WSI_TRANSFER_SYNTAXES)
+        if self.commitment is not None:
+            ae.add_supported_context(STORAGE_COMMITMENT_PUSH, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
         if self.s.accept_other_storage:
             from pynetdicom import AllStoragePresentationContexts
 
@@ -151,6 +160,7 @@ class DimseReceiver:
         handlers = [
             (evt.EVT_C_STORE, self._store_or_status),
             (evt.EVT_C_ECHO, self._handle_echo),
+            (evt.EVT_N_ACTION, lambda event: handle_n_action(event, self.commitment, self.events.refused)),
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_RELEASED, self._handle_closed),

@@ -34,7 +34,10 @@ from config.settings import BatchSettings
 from converter.executors.local import make_executor
 from converter.inbox.pipeline import InboxPipeline
 from converter.inbox.tracker import Tracker
-from scp.dimse import DimseReceiver, DimseSettings
+from scp.commitment.locate import NodeLocator
+from scp.commitment.sender import Timeouts
+from scp.commitment.service import CommitmentService
+from scp.dimse import WSI_STORAGE, DimseReceiver, DimseSettings
 from scp.events import ReceiverEvents
 from scp.http import HttpServer
 from scp.metrics import NodeMetrics, node_version
@@ -80,6 +83,8 @@ class Node:
         self.pipeline.retries.on_fault = self.metrics.fault
         self.dimse = DimseReceiver(settings.dimse, self.store, ReceiverEvents(lambda r, a: self._stored(r, a, "dimse"), self._closed,
                                                                               self.metrics.refused))
+        self.commitment = self._commitment_service()
+        self.dimse.commitment = self.commitment
         self.http: HttpServer | None = None
         if settings.http is not None:
             h = settings.http
@@ -89,6 +94,18 @@ class Node:
             # STOW-RS authenticates in its own endpoint: the operations routes are open (read-only, no patient data).
             self.stow.app.router.routes.extend(self.monitor.routes)
             self.http = HttpServer(self.stow.app, h.bind, h.port, h.tls_cert, h.tls_key, h.graceful_seconds)
+
+    def _commitment_service(self) -> CommitmentService:
+        """Storage Commitment SCP (scp/commitment/): its own thread and database; checks run on the main loop."""
+        p, d = self.s.pipeline, self.s.dimse
+        service = CommitmentService(Path(p.state_dir) / "commitments.sqlite", d.ae_title, d.commitment,
+                                    NodeLocator(Path(p.state_dir) / "wsi-node.sqlite", Path(p.quarantine)).locate,
+                                    None if d.accept_other_storage else frozenset({WSI_STORAGE}),
+                                    Timeouts(d.acse_timeout, d.dimse_timeout, d.network_timeout))
+        service.run_check = lambda fn: fn() if self.stop_event.is_set() else self.query(lambda _node: fn(), timeout=120)
+        service.on_committed = lambda series, aet, when: (self.events.put(("committed", series, when)), self.wake.set())
+        service.attach_metrics(self.metrics.registry)
+        return service
 
     # receiver threads
     def _stored(self, result: StoreResult, association: str, protocol: str = "dimse") -> None:
@@ -136,6 +153,9 @@ class Node:
                 self.pipeline.register_received(result.instance)
         elif event[0] == "closed":
             self.tracker.on_association_closed(event[1])
+        elif event[0] == "committed":  # a storage commitment covered these instances: the sender's completion signal
+            for uid, sops in event[1].items():
+                self.tracker.on_commitment(uid, sops, event[2])
         elif event[0] == "query":
             _, fn, future = event
             if future.set_running_or_notify_cancel():
@@ -178,6 +198,7 @@ class Node:
         self.pipeline.recover()
         # Start a conversion worker now: the first slide must not pay for forking and importing it.
         self.executor.submit(int).result(timeout=300)
+        self.commitment.start()
         self.dimse.start()
         if self.http is not None:
             try:
@@ -228,6 +249,7 @@ class Node:
         self.dimse.stop()
         if self.http is not None:
             self.http.stop()
+        self.commitment.stop(drain=self._drain)
         self._drain()
         self.pipeline.collect(wait=True)
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from converter.inbox.completeness import Completeness, Decision, InstanceFacts, SeriesActivity, assess, decide
+from converter.inbox.completeness import (Completeness, Decision, InstanceFacts, SenderProfile, SeriesActivity, assess,
+                                          decide, profile_for)
 from converter.source.instance import WsiInstance
 
 SCHEMA = """
@@ -44,22 +45,32 @@ class Tracked:
     converted_at: float | None = None
     status: str = "receiving"
     open_associations: set[str] = field(default_factory=set)
+    associations_ended: int = 0
+    """Associations that delivered instances of it and ended (in memory; a restart counts the senders' as ended)."""
+    committed_at: float | None = None
+    """A storage commitment request covered every instance received (in memory: the sender's signal)."""
 
-    def completeness(self) -> Completeness:
-        return assess(self.facts.values())
+    def completeness(self, small_level_px: int | None = None) -> Completeness:
+        return assess(self.facts.values()) if small_level_px is None else assess(self.facts.values(), small_level_px=small_level_px)
 
 
 class Tracker:
-    def __init__(self, db_path: Path, settle: float = 2.0, quiet: float = 60.0) -> None:
+    def __init__(self, db_path: Path, settle: float = 2.0, quiet: float = 60.0,
+                 profiles: dict[str, SenderProfile] | None = None) -> None:
         self.settle = settle
         self.quiet = quiet
+        self.default_profile = SenderProfile(settle=settle, quiet=quiet)
+        self.profiles: dict[str, SenderProfile] = dict(profiles or {})
+        """Per calling AE title (converter.inbox.completeness.profiles); others use default_profile."""
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(db_path, isolation_level=None, timeout=30, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
         self.series: dict[str, Tracked] = {}
         for uid, study, facts, senders, first, last, converted, status in self.db.execute("SELECT * FROM tracked_series"):
-            self.series[uid] = Tracked(uid, study, pickle.loads(facts), set(json.loads(senders)), first, last, converted, status)
+            t = Tracked(uid, study, pickle.loads(facts), set(json.loads(senders)), first, last, converted, status)
+            t.associations_ended = 1 if t.senders else 0  # whatever delivered it before the restart has ended
+            self.series[uid] = t
         self.prune()
 
     def prune(self, now: float | None = None, keep: float = 86400.0) -> None:
@@ -105,15 +116,33 @@ class Tracker:
 
     def on_association_closed(self, association: str) -> None:
         for t in self.series.values():
-            t.open_associations.discard(association)
+            if association in t.open_associations:
+                t.open_associations.discard(association)
+                t.associations_ended += 1
+
+    def on_commitment(self, uid: str, sops: frozenset[str] | set[str], when: float) -> bool:
+        """A storage commitment request committed `sops` of series `uid`; if they cover every instance the node
+        has of it, that is the sender's completion signal (converter.inbox.completeness.decide). Returns whether
+        it counted."""
+        t = self.series.get(uid) or self._load(uid)
+        if t is None or not t.facts or not set(t.facts) <= set(sops):
+            return False
+        self.series[uid] = t
+        t.committed_at = max(when, t.last_arrival)
+        return True
+
+    def profile(self, uid: str) -> SenderProfile:
+        return profile_for(self.series[uid].senders, self.profiles, self.default_profile)
 
     def tracks(self, uid: str) -> bool:
         return uid in self.series
 
     def decision(self, uid: str, now: float | None = None) -> Decision:
         t = self.series[uid]
-        activity = SeriesActivity(t.last_arrival, len(t.open_associations), t.converted_at)
-        return decide(t.completeness(), activity, time.time() if now is None else now, self.settle, self.quiet)
+        p = self.profile(uid)
+        activity = SeriesActivity(t.last_arrival, len(t.open_associations), t.converted_at, t.associations_ended, t.committed_at)
+        return decide(t.completeness(p.small_level_px), activity, time.time() if now is None else now, p.settle, p.quiet,
+                      p.association_end_completes)
 
     def started(self, uid: str) -> float:
         """The conversion starts now; returns the arrival time it covers."""

@@ -44,7 +44,8 @@ checks):
 * :mod:`~converter.inbox.completeness.structure`: :func:`assess`, the structural verdict
   (:class:`Completeness`, per level :class:`LevelProgress`);
 * :mod:`~converter.inbox.completeness.decision`: :func:`decide`, the action and the next wake-up
-  (:class:`Decision`).
+  (:class:`Decision`), with the sender's completion signals (storage commitment, association end);
+* :mod:`~converter.inbox.completeness.profiles`: per-sender timing rules (:class:`SenderProfile`).
 
 Callers import from the package: ``from converter.inbox.completeness import assess, decide``.
 """
@@ -57,10 +58,12 @@ from converter.inbox.completeness.decision import (
     CONVERT_INCOMPLETE,
     DEFAULT_QUIET_S,
     DEFAULT_SETTLE_S,
+    RULES,
     WAIT,
     Decision,
     decide,
 )
+from converter.inbox.completeness.profiles import SenderProfile, profile_for
 from converter.inbox.completeness.facts import InstanceFacts, SeriesActivity
 from converter.inbox.completeness.structure import (
     SMALL_LEVEL_PX,
@@ -77,6 +80,9 @@ __all__ = [
     "CONVERT_INCOMPLETE",
     "DEFAULT_QUIET_S",
     "DEFAULT_SETTLE_S",
+    "RULES",
+    "SenderProfile",
+    "profile_for",
     "SMALL_LEVEL_PX",
     "WAIT",
     "Completeness",

@@ -24,6 +24,7 @@ WAIT: Final = "wait"
 CONVERT: Final = "convert"
 CONVERT_INCOMPLETE: Final = "convert-incomplete"
 ACTIONS: Final = (WAIT, CONVERT, CONVERT_INCOMPLETE)
+RULES: Final = ("converted", "commitment", "structure", "association-end", "quiet-period")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class Decision:
     next_check: float | None
     """Absolute time at which the decision could change without a new event (schedule a wake-up
     then); None if only a new event (arrival, association end) can change it."""
+    rule: str = ""
+    """Which rule decided (RULES): converted, commitment, structure, association-end, quiet-period."""
+    waiting_for: str = ""
+    """While waiting: what the node waits for, in words (empty when converting)."""
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -49,6 +54,7 @@ def decide(
     now: float,
     settle: float = DEFAULT_SETTLE_S,
     quiet: float = DEFAULT_QUIET_S,
+    association_end_completes: bool = True,
 ) -> Decision:
     """Wait, convert, or convert although the slide looked incomplete.
 
@@ -64,6 +70,16 @@ def decide(
       reasons, whatever the associations: converting what arrived beats holding it forever, and a
       late instance re-opens the series.
 
+    Completion signals (the sender saying "that was everything"), checked before the rules above:
+
+    * Commitment: a storage commitment request referenced every instance received, all committed,
+      and nothing arrived after it (``committed_at >= last_arrival``): if every level received is
+      complete (the small-level rule aside), convert now, without settle or quiet period.
+    * Association end (``association_end_completes``, the sender's profile): no association open,
+      at least one that delivered instances has ended, and every level received is complete:
+      convert ``settle`` seconds after the last arrival, whatever the smallest level. With a level
+      still incomplete this rule does not apply: the quiet period decides.
+
     Deadlines are compared as ``now >= last_arrival + delay`` (not ``now - last_arrival >= delay``),
     so a wake-up at exactly ``next_check`` sees the new decision despite float rounding. ``settle``
     is capped at ``quiet``, which is by definition the longest wait.
@@ -72,7 +88,7 @@ def decide(
         raise ValueError(f"settle and quiet must be >= 0 seconds (got settle={settle}, quiet={quiet})")
     last = activity.last_arrival
     if activity.converted_at is not None and activity.converted_at >= last:
-        return Decision(WAIT, ("converted; no instance arrived since",), None)
+        return Decision(WAIT, ("converted; no instance arrived since",), None, "converted", "a new instance of the series")
     notes: tuple[str, ...] = ()
     if activity.converted_at is not None:
         notes = ("re-opened: instances arrived after the last conversion",)
@@ -81,27 +97,48 @@ def decide(
     quiet_deadline = last + quiet
     quiet_over = now >= quiet_deadline
     assoc_text = f"{open_assocs} association{'s' if open_assocs != 1 else ''} still open"
+    levels_ok = completeness.received_levels_complete
+
+    committed = activity.committed_at is not None and activity.committed_at >= last
+    if committed and levels_ok:
+        return Decision(CONVERT, ("the sender requested storage commitment of every instance received, all committed",)
+                        + notes, None, "commitment")
 
     if completeness.complete:
         if open_assocs == 0:
             if now >= settle_deadline:
-                return Decision(CONVERT, (f"complete; nothing new for {settle:g} s and no association open",) + notes, None)
-            return Decision(WAIT, (f"complete; settling until {settle:g} s after the last arrival",) + notes, settle_deadline)
+                return Decision(CONVERT, (f"complete; nothing new for {settle:g} s and no association open",) + notes, None,
+                                "structure")
+            return Decision(WAIT, (f"complete; settling until {settle:g} s after the last arrival",) + notes, settle_deadline,
+                            "structure", f"the settle time ({settle:g} s after the last arrival)")
         if quiet_over:
-            return Decision(CONVERT, (f"complete; {assoc_text} but nothing arrived for {quiet:g} s",) + notes, None)
+            return Decision(CONVERT, (f"complete; {assoc_text} but nothing arrived for {quiet:g} s",) + notes, None,
+                            "quiet-period")
         return Decision(
             WAIT,
             (f"complete; {assoc_text}, waiting for it to end (at most {quiet:g} s after the last arrival)",) + notes,
-            quiet_deadline,
+            quiet_deadline, "structure", "the sending association to end",
         )
+
+    if association_end_completes and levels_ok and open_assocs == 0 and activity.associations_ended > 0:
+        if now >= settle_deadline or quiet_over:
+            return Decision(CONVERT, ("every level received is complete and the association that sent it has ended",)
+                            + notes, None, "association-end")
+        return Decision(WAIT, (f"levels complete, association ended; settling until {settle:g} s after the last arrival",)
+                        + notes, settle_deadline, "association-end", f"the settle time ({settle:g} s after the last arrival)")
 
     if quiet_over:
         extra = (f"nothing arrived for {quiet:g} s",)
         if open_assocs:
             extra += (f"{assoc_text}",)
-        return Decision(CONVERT_INCOMPLETE, completeness.reasons + extra + notes, None)
+        return Decision(CONVERT_INCOMPLETE, completeness.reasons + extra + notes, None, "quiet-period")
+    if levels_ok:
+        waiting = ("the sending association to end, or " if open_assocs else "") + \
+            f"a smaller level, a storage commitment request, or the quiet period ({quiet:g} s after the last arrival)"
+    else:
+        waiting = f"the missing frames or parts, or the quiet period ({quiet:g} s after the last arrival)"
     return Decision(
         WAIT,
         (f"incomplete; waiting up to {quiet:g} s after the last arrival",) + completeness.reasons + notes,
-        quiet_deadline,
+        quiet_deadline, "quiet-period" if not levels_ok else "structure", waiting,
     )

@@ -141,6 +141,11 @@ class SeriesActivity:
     """Associations currently sending instances of this series."""
     converted_at: float | None = None
     """When it was last converted (None: never)."""
+    associations_ended: int = 0
+    """Associations that delivered instances of this series and have ended (released or aborted)."""
+    committed_at: float | None = None
+    """When a storage commitment request referenced every instance the node has of this series, all
+    committed (PS3.4 J.3.2): the sender's "this is the whole slide" (None: no such request)."""
 
     def __post_init__(self) -> None:
         """Reject NaN/infinite times and negative counts: they would silently disable the timers."""
@@ -150,3 +155,7 @@ class SeriesActivity:
             raise ValueError(f"converted_at must be a finite time or None (got {self.converted_at})")
         if self.open_associations < 0:
             raise ValueError(f"open_associations must be >= 0 (got {self.open_associations})")
+        if self.associations_ended < 0:
+            raise ValueError(f"associations_ended must be >= 0 (got {self.associations_ended})")
+        if self.committed_at is not None and not math.isfinite(self.committed_at):
+            raise ValueError(f"committed_at must be a finite time or None (got {self.committed_at})")

@@ -82,6 +82,14 @@ class Completeness:
     """Why the series is not complete, one human-readable line per problem; empty when complete."""
     levels: tuple[LevelProgress, ...]
     """Per VOLUME level received, largest first."""
+    levels_complete: bool | None = None
+    """Every level received has all its frames and parts, and the ORIGINAL level is there: complete but
+    for the small-level rule (the pyramid's end). None: not assessed (then it follows `complete`)."""
+
+    @property
+    def received_levels_complete(self) -> bool:
+        """Nothing is missing structurally from the levels that arrived (the end of the pyramid aside)."""
+        return self.complete if self.levels_complete is None else self.levels_complete or self.complete
 
 
 def _dedupe(instances: Iterable[InstanceFacts]) -> list[InstanceFacts]:
@@ -281,10 +289,11 @@ def assess(instances: Iterable[InstanceFacts], *, small_level_px: int = SMALL_LE
             f"no ORIGINAL level yet: every VOLUME instance received is DERIVED (largest {largest[0]}x{largest[1]} px);"
             " the full-resolution level 0 (ImageType ORIGINAL, PS3.3 C.8.12.4.1.1) has not arrived"
         )
+    levels_complete = not reasons
     smallest = sizes[-1]
     if not reaches_small_level(by_size[smallest], small_level_px):
         reasons.append(
             f"smallest level {smallest[0]}x{smallest[1]} px: the pyramid does not reach a small level"
             f" (one tile, or at most {small_level_px} px on the longer side)"
         )
-    return Completeness(not reasons, tuple(reasons), tuple(levels))
+    return Completeness(not reasons, tuple(reasons), tuple(levels), levels_complete)
