@@ -40,11 +40,15 @@ def temp_name(target: Path) -> Path:
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:
     tmp = temp_name(target)
-    with open(tmp, "wb") as fp:
-        fp.write(data)
-        fp.flush()
-        os.fsync(fp.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as fp:
+            fp.write(data)
+            fp.flush()
+            os.fsync(fp.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave the temporary file behind
+        raise
     fsync_dir(target.parent)
 
 
@@ -66,11 +70,15 @@ def durable_move(src: Path, target: Path) -> None:
             if exc.errno != errno.EXDEV:
                 raise
     tmp = temp_name(target)
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 1 << 20)
-        fout.flush()
-        os.fsync(fout.fileno())
-    shutil.copystat(src, tmp)
-    os.replace(tmp, target)
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        shutil.copystat(src, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # ENOSPC in the middle of the copy: the source stays, no partial copy
+        raise
     fsync_dir(target.parent)
     os.unlink(src)

@@ -65,7 +65,7 @@ def test_healthz_and_readyz_need_no_auth_and_readyz_reports_low_disk(tmp_path):
         ready = json.loads(body)
         assert status == 200, ready
         assert ready["status"] == "ready" and ready["failing"] == []
-        assert set(ready["checks"]) == {"scp_listening", "state_db_writable", "folders_writable", "disk_space"}
+        assert set(ready["checks"]) == {"scp_listening", "state_db_writable", "folders_writable", "disk_space", "conversions"}
         assert all(c["ok"] for c in ready["checks"].values())
         # STOW-RS itself still asks for the token.
         conn = http.client.HTTPConnection("127.0.0.1", n.http_port, timeout=30)
