@@ -211,6 +211,12 @@ OPTIONS: tuple[Option, ...] = (
     _node("quiet_period", "float", 60.0, "--quiet-period",
           "seconds without a new instance after which an incomplete slide is converted anyway",
           check=_seconds(lambda v: v >= 0, "must be a number of seconds, 0 or more.", 60)),
+    _node("commitment_peer", "list", [], "--commitment-peer",
+          "AET=host:port[/tls]: where Storage Commitment reports go on a new association (PS3.4 J.3.3); "
+          "when set, only these AE titles may request storage commitment", yaml_key="commitment_peers"),
+    _node("sender_profile", "list", [], "--sender-profile",
+          "AET=key:value,...: completeness rules of one sender (settle, quiet, small_level_px, association_end); "
+          "others use --settle, --quiet-period and the defaults", yaml_key="sender_profiles"),
     _node("max_attempts", "int", 3, "--max-attempts",
           "conversion attempts of a series whose conversion process dies (killed, out of memory) before it is quarantined",
           check=Check(lambda v: v >= 1, "must be at least 1.", "Use e.g. {example}.", 3)),

@@ -77,6 +77,9 @@ def run_serve(argv: list[str]) -> int:
     from config.folders import validate_batch_settings
     from converter.cli.logs import early_log_format, setup_logging
     from scp.dimse import DimseSettings
+    from converter.inbox.completeness.profiles import SenderProfile, parse_profile
+    from scp.commitment.peers import parse_peers
+    from scp.commitment.service import CommitmentSettings
     from scp.node import NodeSettings, serve
 
     if "-h" in argv or "--help" in argv:
@@ -120,11 +123,18 @@ def run_serve(argv: list[str]) -> int:
             acse_timeout=node_args.acse_timeout, network_timeout=node_args.idle_timeout,
         )
         http = _http_settings(node_args)
+        dimse.commitment = CommitmentSettings(peers=parse_peers(node_args.commitment_peer))
+        default_profile = SenderProfile(settle=node_args.settle, quiet=node_args.quiet_period)
+        try:
+            profiles = {p.name: p for p in (parse_profile(e, default_profile) for e in node_args.sender_profile)}
+        except ValueError as exc:
+            raise ConfigError(f"--sender-profile {exc}.", "Write e.g. --sender-profile SCANNER1=quiet:30,association_end:true.")
     except ConfigError as exc:
         print(f"wsi-node serve: {exc}", file=sys.stderr)
         return 2
     node = NodeSettings(settings, dimse, node_args.disk_reserve_mb, node_args.settle, node_args.quiet_period, http,
-                        max_attempts=node_args.max_attempts, conversion_memory_mb=node_args.conversion_memory_mb)
+                        max_attempts=node_args.max_attempts, conversion_memory_mb=node_args.conversion_memory_mb,
+                        profiles=profiles)
     # What every received instance is checked against (scp.storage.InstanceStore, built in scp/node.py).
     node.limits = Limits(node_args.max_header_mb << 20, node_args.max_sequence_depth, node_args.conversion_memory_mb)
     return serve(node)

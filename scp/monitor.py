@@ -95,6 +95,7 @@ def snapshot(node: MonitoredNode) -> dict[str, Any]:
             "uid": uid, "state": state, "senders": sorted(t.senders), "instances": len(t.facts),
             "first_arrival": t.first_arrival, "last_arrival": t.last_arrival, "complete": c.complete,
             "reasons": list(c.reasons),
+            **_rule(tracker, uid, t),
             "levels": [{"index": lv.index, "width": lv.width, "height": lv.height, "instances": lv.instances,
                         "frames_received": lv.frames_received, "frames_expected": lv.frames_expected} for lv in c.levels],
             "output": row.get("output") if state == "published" else None,
@@ -114,6 +115,17 @@ def snapshot(node: MonitoredNode) -> dict[str, Any]:
                      "error": error if shown == "failed" else None, "updated": updated}
     series = sorted(rows.values(), key=lambda r: r["updated"] or 0, reverse=True)[:RECENT]
     return {"series": series, "counts": counts, "jobs": len(pipeline.jobs), "time": time.time()}
+
+
+def _rule(tracker: Any, uid: str, t: Any) -> dict[str, str]:
+    """Which completeness rule decides (or decided) the series, and what the node still waits for."""
+    try:
+        d = tracker.decision(uid)
+    except Exception:
+        return {"rule": "", "waiting_for": ""}
+    if d.rule == "converted" and getattr(t, "decided_by", ""):
+        return {"rule": t.decided_by, "waiting_for": ""}
+    return {"rule": d.rule, "waiting_for": d.waiting_for if d.action == "wait" else ""}
 
 
 def conversion_check(node: MonitoredNode) -> dict[str, Any]:
@@ -268,6 +280,9 @@ class Monitor:
             detail = []
             if s["state"] in ("receiving", "waiting") and s["reasons"]:
                 detail.append("<ul class=\"reasons\">" + "".join(f"<li>{e(r)}</li>" for r in s["reasons"][:5]) + "</ul>")
+            if s.get("rule"):
+                waiting = f"; waiting for {e(s['waiting_for'])}" if s.get("waiting_for") else ""
+                detail.append(f"<p class=\"rule\">decided by: {e(s['rule'])}{waiting}</p>")
             if s["error"]:
                 detail.append(f"<p class=\"error\">{e(s['error'])}</p>")
             timings, thumb = "", ""

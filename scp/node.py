@@ -25,13 +25,14 @@ import signal
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from config.options import default
 from config.settings import BatchSettings
 from converter.executors.local import make_executor
+from converter.inbox.completeness.profiles import SenderProfile
 from converter.inbox.pipeline import InboxPipeline
 from converter.inbox.tracker import Tracker
 from scp.commitment.locate import NodeLocator
@@ -61,6 +62,8 @@ class NodeSettings:
     """Conversion attempts of a series whose conversion process dies, before it is quarantined as a poison slide."""
     conversion_memory_mb: int = default("conversion_memory_mb")
     """Cap of the memory budget of one conversion; slides whose declared size needs more are refused."""
+    profiles: dict[str, SenderProfile] = field(default_factory=dict)
+    """Completeness rules per calling AE title (--sender-profile); others: settle, quiet and the defaults."""
 
 
 class Node:
@@ -72,7 +75,7 @@ class Node:
         self.stop_event = threading.Event()
         self.store = InstanceStore(Path(p.inbox), Path(p.archive), Path(p.quarantine),
                                    reserve_bytes=settings.disk_reserve_mb << 20, keep_other=settings.dimse.accept_other_storage)
-        self.tracker = Tracker(Path(p.state_dir) / "wsi-node.sqlite", settings.settle, settings.quiet)
+        self.tracker = Tracker(Path(p.state_dir) / "wsi-node.sqlite", settings.settle, settings.quiet, settings.profiles)
         self.executor = make_executor(p.max_concurrent, start_method="forkserver")
         self.pipeline = InboxPipeline(p, self.executor, tracker=self.tracker, max_attempts=settings.max_attempts,
                                       memory_cap_mb=settings.conversion_memory_mb)

@@ -49,6 +49,8 @@ class Tracked:
     """Associations that delivered instances of it and ended (in memory; a restart counts the senders' as ended)."""
     committed_at: float | None = None
     """A storage commitment request covered every instance received (in memory: the sender's signal)."""
+    decided_by: str = ""
+    """The rule that started the latest conversion (converter.inbox.completeness.RULES), for the status page."""
 
     def completeness(self, small_level_px: int | None = None) -> Completeness:
         return assess(self.facts.values()) if small_level_px is None else assess(self.facts.values(), small_level_px=small_level_px)
@@ -147,6 +149,10 @@ class Tracker:
     def started(self, uid: str) -> float:
         """The conversion starts now; returns the arrival time it covers."""
         t = self.series[uid]
+        try:
+            t.decided_by = self.decision(uid).rule
+        except Exception:  # the status page's detail must never stop a conversion
+            t.decided_by = ""
         t.status = "converting"
         self._save(t)
         return t.last_arrival

@@ -259,3 +259,43 @@ def test_unreachable_reply_address_stays_pending_and_is_delivered_after_a_restar
     finally:
         n.stop()
         server.shutdown()
+
+
+def test_peer_and_profile_settings():
+    from config.errors import ConfigError
+    from converter.inbox.completeness.profiles import SenderProfile, parse_profile
+    from scp.commitment.peers import parse_peers
+
+    peers = parse_peers(["ORTHANC=127.0.0.1:4242", "PACS=[::1]:104/tls"])
+    assert peers["ORTHANC"] == Peer("ORTHANC", "127.0.0.1", 4242) and peers["PACS"] == Peer("PACS", "::1", 104, True)
+    for bad in ("ORTHANC", "ORTHANC=host", "=h:1", "ORTHANC=h:0", "A_VERY_LONG_AE_TITLE_X=h:1"):
+        with pytest.raises(ConfigError, match="Fix: Write --commitment-peer AET=host:port"):
+            parse_peers([bad])
+    default = SenderProfile(settle=1.0, quiet=40.0)
+    p = parse_profile("SCANNER1=quiet:30,association_end:false", default)
+    assert (p.name, p.settle, p.quiet, p.small_level_px, p.association_end_completes) == ("SCANNER1", 1.0, 30.0, 1024, False)
+    for bad in ("SCANNER1=speed:3", "SCANNER1=quiet:soon", "SCANNER1=association_end:maybe", "=quiet:1"):
+        with pytest.raises(ValueError):
+            parse_profile(bad, default)
+
+
+def test_default_profile_publishes_a_factor4_pyramid_when_its_association_ends(tmp_path, factor4):
+    """No commitment: the release of the association that delivered complete levels completes the slide
+    (smallest level 1100 px), within settle + conversion; the status page names the rule."""
+    import requests
+
+    from tests.support.node import pynetdicom_send
+
+    n = RunningNode(tmp_path)
+    try:
+        assert pynetdicom_send(n.port, factor4) == [0] * len(factor4)
+        t0 = time.monotonic()
+        _, uid = series_uids(FACTOR4)
+        n.output(uid, timeout=20)
+        assert time.monotonic() - t0 < 20 < n.settings.quiet
+        session = requests.Session()
+        session.trust_env = False
+        page = session.get(f"http://127.0.0.1:{n.http_port}/", timeout=10).text
+        assert "decided by: association-end" in page, page[:2000]
+    finally:
+        n.stop()

@@ -47,3 +47,35 @@ def profile_for(senders: Iterable[str], profiles: Mapping[str, SenderProfile], d
         if aet in profiles:
             return profiles[aet]
     return default
+
+
+_KEYS = {"settle": float, "quiet": float, "small_level_px": int, "association_end": bool}
+
+
+def parse_profile(entry: str, default: SenderProfile) -> SenderProfile:
+    """`AET=key:value,...` (keys settle, quiet, small_level_px, association_end; unset keys from `default`)
+    -> a profile; ValueError naming what is wrong. Example: `SCANNER1=quiet:30,association_end:false`."""
+    aet, _, spec = entry.partition("=")
+    aet = aet.strip()
+    if not aet or len(aet) > 16:
+        raise ValueError(f"{entry!r}: {aet!r} is not a calling AE title (1-16 characters)")
+    values: dict[str, object] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, _, text = part.partition(":")
+        key = key.strip()
+        if key not in _KEYS:
+            raise ValueError(f"{entry!r}: unknown key {key!r} (use {', '.join(_KEYS)})")
+        kind = _KEYS[key]
+        text = text.strip()
+        if kind is bool:
+            if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError(f"{entry!r}: {key} must be true or false")
+            values["association_end_completes"] = text.lower() in ("true", "yes", "1")
+        else:
+            try:
+                values[key] = kind(text)
+            except ValueError:
+                raise ValueError(f"{entry!r}: {key} must be a number (got {text!r})") from None
+    base = {f: getattr(default, f) for f in ("settle", "quiet", "small_level_px", "association_end_completes")}
+    base.update(values)
+    return SenderProfile(aet, **base)  # type: ignore[arg-type]
