@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from converter.errors import InputError
+from converter.inbox import naming
 from converter.inbox.passthrough import passthrough_suffix
 from converter.inbox.state import FileRow, StateStore
 from converter.source.instance import read_instance
@@ -84,6 +85,13 @@ def _has_dicm_marker(path: Path) -> bool:
 
 def classify(e: Entry) -> FileRow:
     """What a settled file is: a passthrough format, a DICOM instance (header read), or rejected with a reason."""
+    for part in e.rel.split("/"):
+        # A name the archive would refuse (control characters, invalid UTF-8) could never leave the
+        # inbox: reject it now, so it goes to quarantine under an escaped name with the reason.
+        problem = naming.refusal(part, output=False)
+        if problem is not None:
+            reason = f"{naming.escaped(e.rel)}: {problem}. Fix: rename the file (or folder) and drop it again."
+            return FileRow(e.rel, str(e.path), e.size, e.mtime_ns, "rejected", None, None, reason, "pending")
     if passthrough_suffix(e.rel):
         return FileRow(e.rel, str(e.path), e.size, e.mtime_ns, "passthrough", None, None, None, "pending")
     if e.rel.lower().endswith(DICOM_SUFFIXES) or _has_dicm_marker(e.path):
@@ -115,6 +123,9 @@ def scan_inbox(inbox: Path, store: StateStore, now: float, settle_seconds: float
         row = known.get(e.rel)
         same = row is not None and (row.size, row.mtime_ns) == (e.size, e.mtime_ns)
         received = same and row.kind == "dicom" and tracker is not None and tracker.tracks(row.series_uid)
+        if _mrxs_waiting_for_data(e, now_ns):
+            unsettled.add(e.unit)
+            continue
         if now_ns - e.mtime_ns < settle_ns and not received:
             # Received instances are written atomically and their series' readiness is the
             # tracker's to decide; everything else waits until it has settled.
@@ -125,3 +136,14 @@ def scan_inbox(inbox: Path, store: StateStore, now: float, settle_seconds: float
             store.put_file(row.rel, row.location, row.size, row.mtime_ns, row.kind, row.series_uid, row.header, row.reason)
         rows.append(row)
     return rows, unsettled
+
+
+MRXS_DATA_GRACE_S = 300.0
+"""How long a .mrxs waits for its data folder (copied separately, often after the index file) before
+the passthrough check quarantines it for the missing folder."""
+
+
+def _mrxs_waiting_for_data(e: Entry, now_ns: int) -> bool:
+    if not e.rel.lower().endswith(".mrxs") or now_ns - e.mtime_ns >= MRXS_DATA_GRACE_S * 1e9:
+        return False
+    return not e.path.with_suffix("").is_dir()

@@ -143,7 +143,7 @@ def test_drop_name_naming(tmp_path):
     write_series(SlideSpec(width=800, height=600, seed=31), d["inbox"] / "S23-0042 A1")
     age(d["inbox"])
     assert batch_main(args(d, "--naming", "drop-name")) == 0
-    assert files_under(d["serving"]) == ["S23-0042_A1.json", "S23-0042_A1.tiff"]
+    assert files_under(d["serving"]) == ["S23-0042 A1.json", "S23-0042 A1.tiff"]  # names are kept as dropped (docs/inbox.md)
 
 
 @pytest.mark.parametrize("option, value, message", [
