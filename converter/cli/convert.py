@@ -75,7 +75,16 @@ def run_convert(args: argparse.Namespace) -> int:
         progress = tqdm(total=len(found.series), unit="slide", desc="converting")
     with make_executor(args.max_concurrent, start_method="fork") as pool:
         futures: dict[Future, str] = {}
+        incomplete = {r.series_uid: r for r in reversed(found.rejected) if r.series_uid in found.series}
         for uid, instances in found.series.items():
+            if uid in incomplete:
+                # Converting the readable rest would publish a smaller slide that looks whole.
+                report = ConversionReport(series_uid=uid, study_uid=instances[0].study_uid, error=(
+                    f"series {uid}: not converted because an instance file of it was rejected "
+                    f"({incomplete[uid].message}); the slide would be incomplete. Fix: replace that file and convert again."))
+                reports.append(report)
+                log.error("%s", _summary(report))
+                continue
             futures[pool.submit(convert_series, instances, _target(output, uid, single), options)] = uid
         for fut in as_completed(futures):
             uid = futures[fut]

@@ -21,6 +21,8 @@ from converter.source.instance import WsiInstance, read_instance
 class Rejection:
     path: str
     message: str
+    series_uid: str | None = None
+    """The series the file claims to belong to, when its header still says (e.g. truncated pixel data)."""
 
 
 @dataclass
@@ -54,7 +56,7 @@ def discover(inputs: Iterable[str | Path]) -> Discovery:
         try:
             inst = read_instance(path)
         except InputError as exc:
-            found.rejected.append(Rejection(str(path), str(exc)))
+            found.rejected.append(Rejection(str(path), str(exc), _claimed_series(path)))
             continue
         known = by_series[inst.series_uid]
         if inst.sop_instance_uid in known:
@@ -65,6 +67,22 @@ def discover(inputs: Iterable[str | Path]) -> Discovery:
         known[inst.sop_instance_uid] = inst
     found.series = {uid: list(members.values()) for uid, members in by_series.items()}
     return found
+
+
+def _claimed_series(path: Path) -> str | None:
+    """SeriesInstanceUID of a file that was rejected, if a plain header read still finds one.
+
+    A series with a rejected member must not be converted as if it were whole (a truncated level 0
+    would otherwise leave a smaller slide that looks complete); this tells the caller which series.
+    """
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"], force=False)
+        uid = str(ds.get("SeriesInstanceUID", "") or "")
+    except Exception:  # noqa: BLE001 - anything unreadable simply claims no series
+        return None
+    return uid or None
 
 
 def safe_name(value: str) -> str:

@@ -50,9 +50,14 @@ def test_truncated_pixel_data_fails_the_series_naming_the_file(tmp_path):
     level0 = next(f for f in files if read_instance(f).image_width == 800)
     data = level0.read_bytes()
     level0.write_bytes(data[: len(data) * 2 // 3])
-    found, report = _convert_folder(tmp_path / "in", tmp_path / "out")
-    assert not report.ok
-    assert level0.name in report.error and "truncated" in report.error
+    # Refused when its header is read (validation before acknowledging, docs/node.md), not at conversion:
+    found = discover([tmp_path / "in"])
+    (rej,) = found.rejected
+    assert level0.name in rej.message and "truncated" in rej.message.lower()
+    assert rej.series_uid == read_instance(files[-1]).series_uid
+    # and the rest of its series is not published as if it were the whole slide.
+    code = wsi_node(["convert", str(tmp_path / "in"), "-o", str(tmp_path / "out")])
+    assert code == 1
     assert _published(tmp_path / "out") == []
 
 
