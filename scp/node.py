@@ -189,6 +189,8 @@ class Node:
             log.exception("cannot compute the tracker's next deadline; waking at the next scan")
             wakeup = None
         retry = self.pipeline.retries.next_retry()
+        if self._due(now):  # due by an event (a commitment), not a deadline: pass as soon as the rate limit allows
+            wakeup = now if wakeup is None else min(wakeup, now)
         for t in (wakeup, retry):
             if t is not None:
                 deadline = min(deadline, max(t + 0.05, last_pass + 0.5))

@@ -61,7 +61,6 @@ class Tracker:
                  profiles: dict[str, SenderProfile] | None = None) -> None:
         self.settle = settle
         self.quiet = quiet
-        self.default_profile = SenderProfile(settle=settle, quiet=quiet)
         self.profiles: dict[str, SenderProfile] = dict(profiles or {})
         """Per calling AE title (converter.inbox.completeness.profiles); others use default_profile."""
         db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +131,11 @@ class Tracker:
         self.series[uid] = t
         t.committed_at = max(when, t.last_arrival)
         return True
+
+    @property
+    def default_profile(self) -> SenderProfile:
+        """The profile of senders without their own: the tracker's settle and quiet (adjustable) and the defaults."""
+        return SenderProfile(settle=self.settle, quiet=self.quiet)
 
     def profile(self, uid: str) -> SenderProfile:
         return profile_for(self.series[uid].senders, self.profiles, self.default_profile)
