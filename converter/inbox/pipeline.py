@@ -45,7 +45,7 @@ from converter.inbox.resends import resent_copies
 from converter.inbox.results import Job, Results, series_instances
 from converter.inbox.retries import Retries
 from converter.inbox.passthrough import check_passthrough, move_passthrough, passthrough_suffix
-from converter.inbox.scan import scan_inbox
+from converter.inbox.scan import classify, scan_inbox, walk_inbox
 from converter.conversion.plain_tiff import convert_plain_tiff
 from converter.inbox.state import FileRow, StateStore
 
@@ -116,12 +116,41 @@ class InboxPipeline:
                     shutil.rmtree(item, ignore_errors=True)
                 else:
                     item.unlink(missing_ok=True)
+        if self.tracker is not None and self.tracker.fresh:
+            self._refill_tracker()
         # Moves across filesystems copy to .<name>.<pid>.tmp beside the target: look where pending files go.
         folders = {Path(root) / Path(rel).parent for rel in self.store.files() for root in (self.s.archive, self.s.quarantine)}
         for folder in folders:
             for item in folder.glob(".*.tmp") if folder.is_dir() else []:
                 log.info("removing temporary %s left by an interrupted move", item)
                 item.unlink(missing_ok=True)
+
+    def _refill_tracker(self) -> None:
+        """The state database started empty (first start, deleted or damaged, converter.inbox.database):
+        instances already received are in the inbox, so the tracker learns them again from there and a
+        half-received slide completes when its last instance arrives, not after the quiet period."""
+        count = 0
+        for entry in walk_inbox(Path(self.s.inbox)):
+            row = classify(entry)
+            if row.kind != "dicom" or row.header is None:
+                continue
+            self.store.put_file(row.rel, row.location, row.size, row.mtime_ns, row.kind, row.series_uid, row.header, row.reason)
+            self.tracker.on_instance(row.header, None, "inbox", entry.mtime_ns / 1e9)
+            count += 1
+        archived = 0
+        archive = Path(self.s.archive)
+        for entry in walk_inbox(archive) if archive.is_dir() else []:
+            if entry.rel.startswith("replaced/"):
+                continue  # earlier copies of re-sent instances, kept for the record only
+            row = classify(entry)
+            if row.kind == "dicom" and row.header is not None:
+                # A re-opened series converts from its archived originals too (InboxPipeline._instances).
+                self.store.put_file(f"archive:{row.rel}", row.location, row.size, row.mtime_ns, "dicom",
+                                    row.series_uid, row.header, None, state="archived")
+                archived += 1
+        if count or archived:
+            log.warning("the state database %s started empty; %d instance(s) in the inbox and %d in the archive were read "
+                        "again: their series are tracked as before", self.store.path, count, archived)
 
     # --- scanning ---------------------------------------------------------------------------
     def scan(self) -> tuple[list[FileRow], set[str]]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from converter.inbox.database import connect
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     rel TEXT PRIMARY KEY,          -- path relative to the inbox ("archive:<path>" once archived)
@@ -65,6 +67,8 @@ class StateStore:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
+        self.fresh = False
+        """The database started empty (new, missing or damaged): the state is rebuilt from the folders."""
         if readonly:
             if path.exists():
                 self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -72,10 +76,7 @@ class StateStore:
                 self.db = sqlite3.connect(":memory:")
                 self.db.executescript(SCHEMA)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            self.db, self.fresh = connect(path)
             self.db.executescript(SCHEMA)
             self._migrate()
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from converter.inbox.completeness import (Completeness, Decision, InstanceFacts, SenderProfile, SeriesActivity, assess,
                                           decide, profile_for)
+from converter.inbox.database import connect
 from converter.source.instance import WsiInstance
 
 SCHEMA = """
@@ -63,9 +64,8 @@ class Tracker:
         self.quiet = quiet
         self.profiles: dict[str, SenderProfile] = dict(profiles or {})
         """Per calling AE title (converter.inbox.completeness.profiles); others use default_profile."""
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(db_path, isolation_level=None, timeout=30, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db, self.fresh = connect(db_path)
+        """fresh: the database started empty (new, missing or damaged); InboxPipeline.recover refills it."""
         self.db.executescript(SCHEMA)
         self.series: dict[str, Tracked] = {}
         for uid, study, facts, senders, first, last, converted, status in self.db.execute("SELECT * FROM tracked_series"):
