@@ -44,8 +44,17 @@ class SpaceRules:
     """Largest instance (DIMSE data set or STOW-RS part) accepted; 0: no cap (--max-instance-mb)."""
 
     def free_bytes(self) -> int:
-        st = os.statvfs(self.folder)
-        return st.f_bavail * st.f_frsize
+        return free_bytes(self.folder)
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes an unprivileged writer can still use on `folder`'s file system (statvfs f_bavail, not f_bfree).
+
+    The one measure of free space for every receiver check (this module and InstanceStore.has_room):
+    shutil.disk_usage().free counts blocks reserved for root, which the node cannot count on.
+    """
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
 
 
 class _Flusher:

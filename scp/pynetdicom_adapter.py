@@ -15,10 +15,16 @@ fails loudly, naming this file, instead of misbehaving quietly):
    service-provider, invalid PDU parameter value) and the connection is closed before its body
    is read. The body is read with recv_into into one preallocated buffer, 1 MiB at a time,
    under the association's network timeout, instead of pynetdicom's 4 KiB loop without one.
-3. Which associations count towards `maximum_associations` (acse.py counts every acceptor
-   thread, so TCP connections that never send an A-ASSOCIATE-RQ lock real senders out):
-   `NodeAE` counts only associations whose A-ASSOCIATE-RQ has arrived. Connections that send
-   nothing are closed by the ARTIM timer after the ACSE timeout (PS3.8 9.1.5).
+3. Which associations count towards `maximum_associations`, and when. acse.py counts every
+   acceptor thread (so TCP connections that never send an A-ASSOCIATE-RQ lock real senders out),
+   and counts in each association's own thread with nothing between the count and the accept (so
+   several requests negotiated at once each see a stale count). Here the acceptor negotiation
+   (ACSE._negotiate_as_acceptor: count, then accept or A-ASSOCIATE-RJ) runs under one lock per
+   `NodeAE`, and the count is the associations accepted and not yet ended, plus the one
+   negotiating: check and count are one step. Over the limit the peer gets A-ASSOCIATE-RJ result
+   2 (rejected-transient), source 3 (service-provider, presentation related), reason 2 (local
+   limit exceeded), PS3.8 9.3.4 table 9-21. Connections that send nothing are not counted and
+   are closed by the ARTIM timer after the ACSE timeout (PS3.8 9.1.5).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from typing import Callable
 
 import pynetdicom
 from pynetdicom import AE, dimse_messages
+from pynetdicom.acse import ACSE
+from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 
@@ -43,6 +51,7 @@ OTHER_PDU_LIMIT = 256 << 10
 RECV_CHUNK = 1 << 20
 
 _original_read_pdu_data = DULServiceProvider._read_pdu_data
+_original_negotiate_as_acceptor = ACSE._negotiate_as_acceptor
 _installed = False
 
 
@@ -56,7 +65,8 @@ def check_version(version: str | None = None) -> None:
         raise PynetdicomVersionError(
             f"pynetdicom {version} is installed, but scp/pynetdicom_adapter.py was written for pynetdicom "
             f"{', '.join(SUPPORTED_VERSIONS)} (it replaces DULServiceProvider._read_pdu_data and "
-            "dimse_messages.NamedTemporaryFile, and relies on acse.py counting AE.active_associations).",
+            "dimse_messages.NamedTemporaryFile, serialises ACSE._negotiate_as_acceptor, and relies on acse.py "
+            "counting AE.active_associations).",
             f"Install pynetdicom=={SUPPORTED_VERSIONS[-1]}, or review scp/pynetdicom_adapter.py against pynetdicom "
             f"{version}'s dul.py, dimse_messages.py and acse.py and add the version to SUPPORTED_VERSIONS.")
 
@@ -77,6 +87,7 @@ def install(writer_factory: Callable[[object], object]) -> None:
 
     dimse_messages.NamedTemporaryFile = named_temporary_file
     DULServiceProvider._read_pdu_data = _read_pdu_data_bounded
+    ACSE._negotiate_as_acceptor = _negotiate_as_acceptor_counted
     _installed = True
 
 
@@ -180,14 +191,54 @@ def _peer(dul: DULServiceProvider) -> str:
         return "?"
 
 
+def _negotiate_as_acceptor_counted(self: ACSE) -> None:
+    """ACSE._negotiate_as_acceptor (pynetdicom 3.0.4 acse.py) under the NodeAE's admission lock.
+
+    Inside it pynetdicom counts `ae.active_associations`, then sends A-ASSOCIATE-AC and sets
+    is_established, or sends A-ASSOCIATE-RJ (0x02, 0x03, 0x02): with the lock, no other request
+    is counted between one association's count and its accept, so at most maximum_associations
+    are ever established at once.
+    """
+    ae = self.assoc.ae
+    if not isinstance(ae, NodeAE):
+        _original_negotiate_as_acceptor(self)
+        return
+    with ae.admission_lock:
+        ae._counting.assoc = self.assoc
+        try:
+            _original_negotiate_as_acceptor(self)
+        finally:
+            ae._counting.assoc = None
+
+
 class NodeAE(AE):
-    """An AE whose association limit counts only peers that sent an A-ASSOCIATE-RQ.
+    """An AE whose association limit is checked and counted in one step, counting only accepted associations.
 
     acse.py (_negotiate_as_acceptor) compares the acceptors in `active_associations` with
-    `maximum_associations`; connections still silent (no request yet) are left out here, so they
-    cannot lock real senders out. They live at most the ACSE timeout (the ARTIM timer).
+    `maximum_associations` (more than the maximum, itself included: rejected). While an acceptor
+    negotiates (under `admission_lock`, see _negotiate_as_acceptor_counted) this list holds the
+    negotiating association and the acceptors already accepted and not ended; connections still
+    silent (no request yet), being rejected or gone are left out, so they cannot lock real
+    senders out. Everywhere else (shutdown, str) it is pynetdicom's full list.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.admission_lock = threading.Lock()
+        self._counting = threading.local()
+
     @property
-    def active_associations(self):
-        return [a for a in super().active_associations if not a.is_acceptor or a.requestor.primitive is not None]
+    def active_associations(self) -> list[Association]:
+        every = super().active_associations
+        negotiating = getattr(self._counting, "assoc", None)
+        if negotiating is None:
+            return every
+        return [a for a in every if not a.is_acceptor or a is negotiating or _holds_a_slot(a)]
+
+    def accepted_count(self) -> int:
+        """Acceptor associations established and not ended (what the limit counts, besides a negotiating one)."""
+        return sum(1 for a in super().active_associations if a.is_acceptor and _holds_a_slot(a))
+
+
+def _holds_a_slot(a: Association) -> bool:
+    return a.is_established and not (a.is_aborted or a.is_released or a.is_rejected)

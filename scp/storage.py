@@ -9,9 +9,12 @@ reported as stored. UIDs are checked before they become path parts.
 Validation before acknowledging: the header is read within caps (size, nesting) and checked by
 converter.source.validate (the same rules the inbox scan applies to dropped files); a refusal
 gets a status ('invalid', 'not-wsi', 'mismatch', 'too-large', 'no-space') with a reason of at
-most 64 characters for the sender, a log line naming the SOP Instance UID and the peer, and the
-temporary file is removed. `dimse_status` and `stow_failure_reason` map a result to the status a
-sender sees (PS3.4 B.2.3, PS3.18 Annex I), for every receiver alike.
+most 64 characters for the sender and the long form in `detail` (the receiver logs one line with
+the peer, the SOP Instance UID and the status it sent; this module logs the refusal at debug
+level only), and the temporary file is removed. `STATUS_CODES` is the one table from a result's
+status to what a sender sees on each protocol (C-STORE status, PS3.4 B.2.3; STOW-RS
+FailureReason, PS3.18 Annex I), read by `dimse_status` and `stow_failure_reason`, for every
+receiver alike.
 
 Duplicates: the same SOPInstanceUID with the same bytes is a success without
 a second copy. With different bytes, the last received copy wins (the sender
@@ -25,7 +28,6 @@ import filecmp
 import logging
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +36,7 @@ from converter.errors import InputError, InstanceRefused, NotWsiError
 from converter.source.instance import WsiInstance, describe_instance, read_dataset_header, sop_class_name
 from converter.source.validate import DEFAULT_LIMITS, Limits
 from converter.durable import durable_move, fsync_dir
+from scp.incoming import free_bytes
 
 log = logging.getLogger("wsi_node.storage")
 
@@ -52,10 +55,13 @@ class StoreResult:
     status: str
     """'stored', 'duplicate', 'replaced' (success); refusals: 'invalid', 'not-wsi', 'mismatch', 'too-large', 'no-space', 'error'."""
     message: str = ""
+    """For the sender: at most 64 characters (ErrorComment, PS3.7 C / PS3.5 6.2)."""
     path: Path | None = None
     instance: WsiInstance | None = None
     sop_class_uid: str = ""
     sop_instance_uid: str = ""
+    detail: str = ""
+    """For the log: the long form of a refusal (every problem found), without the temporary path."""
 
     @property
     def ok(self) -> bool:
@@ -76,7 +82,7 @@ class InstanceStore:
         self.incoming.mkdir(parents=True, exist_ok=True)
 
     def free_bytes(self) -> int:
-        return shutil.disk_usage(self.inbox).free
+        return free_bytes(self.inbox)  # f_bavail, the same measure as the receivers' IncomingFile
 
     def has_room(self) -> bool:
         return self.free_bytes() >= self.reserve_bytes
@@ -114,10 +120,13 @@ class InstanceStore:
         return result
 
     def _refused(self, status: str, reason: str, detail: str, temp: Path, peer: str, sop_class: str = "", sop_uid: str = "") -> StoreResult:
-        """A refusal: the short reason for the sender, the long one (no temporary path) in the log."""
+        """A refusal: the short reason for the sender, the long one (no temporary path) for the receiver's log line.
+
+        The receiver logs the refusal once, with the status it sent; here only at debug level.
+        """
         detail = detail.replace(f"{temp}: ", "").replace(str(temp), "the instance")
-        log.warning("instance %s from %s refused (%s): %s", sop_uid or "(no SOP Instance UID)", peer, status, detail)
-        return StoreResult(status, reason[:64], sop_class_uid=sop_class, sop_instance_uid=sop_uid)
+        log.debug("instance %s from %s refused (%s): %s", sop_uid or "(no SOP Instance UID)", peer, status, detail)
+        return StoreResult(status, reason[:64], sop_class_uid=sop_class, sop_instance_uid=sop_uid, detail=detail)
 
     def _store(self, temp: Path, peer: str) -> StoreResult:
         try:
@@ -179,36 +188,49 @@ def _text(ds, keyword: str) -> str:
         return ""
 
 
-# Storage statuses, PS3.4 B.2.3 (C-STORE) and PS3.18 Annex I (FailureReason of a STOW-RS part).
-DIMSE_STATUS = {
-    "stored": 0x0000,
-    "duplicate": 0x0000,
-    "replaced": 0x0000,
-    "no-space": 0xA700,  # Refused: Out of Resources
-    "too-large": 0xA700,  # Refused: Out of Resources (over the conversion memory budget or the header cap)
-    "error": 0xA700,
-    "invalid": 0xC000,  # Error: Cannot understand
-    "not-wsi": 0xA900,  # Error: Data Set does not match SOP Class
-    "mismatch": 0xA900,  # Error: Data Set does not match SOP Class (IOD violation, or what the converter cannot use)
+# What a sender sees for each result status, on both protocols, in ONE table so that they cannot drift:
+# (C-STORE Status, PS3.4 B.2.3 / PS3.7 C; STOW-RS FailureReason (0008,1197), PS3.18 Annex I, which takes
+# its values from the same storage statuses). Both codes of a row are of the same class (see code_class);
+# tests/scp/test_store_validation.py checks every status has a row.
+STATUS_CODES: dict[str, tuple[int, int | None]] = {
+    "stored": (0x0000, None),
+    "duplicate": (0x0000, None),
+    "replaced": (0x0000, None),
+    "no-space": (0xA700, 0xA700),  # Refused: Out of Resources
+    "too-large": (0xA700, 0xA700),  # Refused: Out of Resources (over the conversion memory budget or the header cap)
+    "error": (0xA700, 0xA700),  # Refused: Out of Resources (a write failed)
+    "invalid": (0xC000, 0xC000),  # Error: Cannot understand (unparsable, truncated, bad UIDs or VRs)
+    "mismatch": (0xA900, 0xA900),  # Error: Data Set does not match SOP Class (IOD violation, or what the converter cannot use)
+    # Not a WSI: over C-STORE the data set contradicts the negotiated WSI SOP Class (A900); over STOW-RS there
+    # is no negotiated class, so the part's SOP Class is not supported (0122, PS3.18 Annex I / PS3.7 C.5.x).
+    "not-wsi": (0xA900, 0x0122),
 }
-STOW_FAILURE = {
-    "no-space": 0xA700,
-    "too-large": 0xA700,
-    "error": 0xA700,
-    "invalid": 0xC000,
-    "not-wsi": 0x0122,  # SOP Class not supported (PS3.18 Annex I)
-    "mismatch": 0xA900,
-}
+UNKNOWN_STATUS = (0xA700, 0xA700)
+"""A status this table does not know (a bug): refused, never acknowledged."""
+
+
+def code_class(code: int) -> str:
+    """The kind of answer a status code is: 'success', 'out-of-resources', 'sop-class' (the data set and its
+    SOP Class do not go together: A9xx, 0122), 'cannot-understand' (Cxxx), or 'other'."""
+    if code == 0x0000:
+        return "success"
+    if code & 0xFF00 == 0xA700:
+        return "out-of-resources"
+    if code & 0xFF00 == 0xA900 or code == 0x0122:
+        return "sop-class"
+    if code & 0xF000 == 0xC000:
+        return "cannot-understand"
+    return "other"
 
 
 def dimse_status(result: StoreResult) -> int:
     """The C-STORE status of a store result (PS3.4 B.2.3); send result.message as ErrorComment when not 0x0000."""
-    return DIMSE_STATUS.get(result.status, 0xA700)
+    return STATUS_CODES.get(result.status, UNKNOWN_STATUS)[0]
 
 
 def stow_failure_reason(result: StoreResult) -> int:
     """The FailureReason (0008,1197) of a refused STOW-RS part (PS3.18 Annex I, PS3.4 B.2.3)."""
-    return STOW_FAILURE.get(result.status, 0xA700)
+    return STATUS_CODES.get(result.status, UNKNOWN_STATUS)[1] or UNKNOWN_STATUS[1]
 
 
 def _unique(path: Path) -> Path:

@@ -28,8 +28,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from scp.dimse import WSI_TRANSFER_SYNTAXES
 from scp.events import ReceiverEvents
 from scp.incoming import IncomingFile, IncomingFiles
-from scp.storage import InstanceStore, StoreResult
-from scp.stow_response import (CANNOT_UNDERSTAND, DOES_NOT_MATCH, FAILURE, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED,
+from scp.storage import InstanceStore, StoreResult, stow_failure_reason
+from scp.stow_response import (CANNOT_UNDERSTAND, DOES_NOT_MATCH, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED,
                                TRANSFER_SYNTAX_NOT_SUPPORTED, Reject)
 
 log = logging.getLogger("wsi_node.stow")
@@ -273,5 +273,5 @@ class StowRequest:
             self.referenced.append((result.sop_class_uid, result.sop_instance_uid))
             self.events.on_stored(result, self.key)
         else:
-            message = result.message.replace(str(path), "the part").replace(path.name, "the part")
-            self._fail(result.sop_class_uid, result.sop_instance_uid, FAILURE.get(result.status, CANNOT_UNDERSTAND), message)
+            message = (result.detail or result.message).replace(str(path), "the part").replace(path.name, "the part")
+            self._fail(result.sop_class_uid, result.sop_instance_uid, stow_failure_reason(result), message)

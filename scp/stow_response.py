@@ -16,13 +16,8 @@ CANNOT_UNDERSTAND = 0xC000  # not DICOM Part 10, unparsable, missing/invalid UID
 SOP_CLASS_NOT_SUPPORTED = 0x0122  # not a whole-slide image
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122  # Referenced Transfer Syntax not supported (PS3.18 Annex I): not one DIMSE accepts
 
-FAILURE = {
-    "no-space": OUT_OF_RESOURCES,
-    "too-large": OUT_OF_RESOURCES,
-    "error": OUT_OF_RESOURCES,
-    "invalid": CANNOT_UNDERSTAND,
-    "not-wsi": SOP_CLASS_NOT_SUPPORTED,
-}
+# The FailureReason of a part refused by the InstanceStore comes from scp.storage.STATUS_CODES (one
+# table for C-STORE and STOW-RS); the constants here are for what the STOW-RS side decides itself.
 
 
 class Reject(Exception):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import socket
+import threading
 import time
 
 import pydicom
@@ -248,6 +249,55 @@ def test_idle_connections_do_not_lock_out_senders(campaign):
         for s in idle:
             s.close()
     check_after(campaign, "idle connections")
+
+
+def test_twenty_concurrent_associations(campaign):
+    # max_associations is 10: ten are accepted and store, the other ten are rejected with A-ASSOCIATE-RJ result 2
+    # (rejected-transient), source 3 (service-provider, presentation related), reason 2 (local limit exceeded),
+    # PS3.8 9.3.4 table 9-21; and the node takes new ones once they are gone. The accepted ones keep their slot
+    # until every request has its answer, so "accepted" means "at the same time" even on a slow machine.
+    a, parts = valid_pair(campaign, "twenty")
+    barrier = threading.Barrier(20, timeout=30)
+    everyone_answered = threading.Event()
+    answers: list = []
+    stored: list = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        ae = AE(ae_title=f"CONC{i}")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+        ae.add_requested_context(m.WSI_STORAGE, "1.2.840.10008.1.2.4.50")
+        barrier.wait()
+        assoc = ae.associate("127.0.0.1", campaign.node.port, ae_title="WSINODE")
+        if assoc.is_established:
+            answer = ("ok", None)
+        elif assoc.is_rejected:
+            rj = assoc.acceptor.primitive
+            answer = ("rejected", (rj.result, rj.result_source, rj.diagnostic))
+        else:
+            answer = ("failed", None)
+        with lock:
+            answers.append(answer)
+            if len(answers) == 20:
+                everyone_answered.set()
+        if assoc.is_established:
+            everyone_answered.wait(30)
+            statuses = [int(assoc.send_c_store(pydicom.dcmread(io.BytesIO(p))).Status) for p in parts]
+            assoc.release()
+            with lock:
+                stored.append(statuses)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a sender did not finish within 60 s"
+    kinds = sorted(k for k, _ in answers)
+    assert kinds.count("ok") == 10 and kinds.count("rejected") == 10, kinds
+    assert {why for k, why in answers if k == "rejected"} == {(2, 3, 2)}, answers
+    assert stored == [[0, 0]] * 10, stored
+    check_after(campaign, "20 associations")
 
 
 def test_after_hostile_clients_valid_slides_are_published_and_nothing_else(campaign):

@@ -31,7 +31,7 @@ CASES: list[Case] = [
     # Truncated at several offsets (PS3.5 7.1: every element must be complete).
     Case("trunc-dataset-plus-8", "both", truncate_at(lambda d: m.dataset_offset(d) + 8), CANNOT_UNDERSTAND),
     Case("trunc-mid-header", "both", truncate_at(lambda d: (m.dataset_offset(d) + m.pixel_offset(d)) // 2), CANNOT_UNDERSTAND),
-    Case("trunc-in-pixel-tag", "stow", truncate_at(lambda d: m.pixel_offset(d) + 6), CANNOT_UNDERSTAND),
+    Case("trunc-in-pixel-tag", "both", truncate_at(lambda d: m.pixel_offset(d) + 6), CANNOT_UNDERSTAND),
     Case("trunc-mid-pixel-data", "both", truncate_at(lambda d: (m.pixel_offset(d) + len(d)) // 2), CANNOT_UNDERSTAND),
     Case("trunc-last-byte", "both", truncate_at(lambda d: len(d) - 1), CANNOT_UNDERSTAND),
     Case("trunc-in-file-meta", "stow", truncate_at(lambda d: 150), CANNOT_UNDERSTAND),
@@ -48,17 +48,17 @@ CASES: list[Case] = [
     Case("sop-uid-dotdot", "both", m.set_attr("SOPInstanceUID", "../../x"), CANNOT_UNDERSTAND),
     Case("study-uid-slash", "both", m.set_attr("StudyInstanceUID", "1.2/3"), CANNOT_UNDERSTAND),
     Case("frames-not-a-number", "both", m.raw_value(0x00280008, "IS", b"abc "), CANNOT_UNDERSTAND),
-    # Values that would crash or mislead the tracker and converter (PS3.3 A.32.8, C.7.6.6, C.8.12.4): refused on receipt.
-    # (Over STOW-RS the A900 ones answer C000 today: those rows are in pending_cases.py.)
-    Case("frames-zero", "dimse", m.set_attr("NumberOfFrames", 0), DOES_NOT_MATCH),
-    Case("frames-negative", "dimse", m.set_attr("NumberOfFrames", -5), DOES_NOT_MATCH),
-    Case("rows-zero", "dimse", m.set_attr("Rows", 0), DOES_NOT_MATCH),
-    Case("columns-zero", "dimse", m.set_attr("Columns", 0), DOES_NOT_MATCH),
-    Case("matrix-columns-zero", "dimse", m.set_attr("TotalPixelMatrixColumns", 0), DOES_NOT_MATCH),
-    Case("matrix-rows-zero", "dimse", m.set_attr("TotalPixelMatrixRows", 0), DOES_NOT_MATCH),
-    Case("missing-pixel-data", "dimse", m.delete_attr("PixelData"), DOES_NOT_MATCH),
+    # Values that would crash or mislead the tracker and converter (PS3.3 A.32.8, C.7.6.6, C.8.12.4): refused on receipt,
+    # A900 on both protocols (C-STORE status PS3.4 B.2.3; STOW-RS FailureReason PS3.18 Annex I: one table, scp.storage).
+    Case("frames-zero", "both", m.set_attr("NumberOfFrames", 0), DOES_NOT_MATCH),
+    Case("frames-negative", "both", m.set_attr("NumberOfFrames", -5), DOES_NOT_MATCH),
+    Case("rows-zero", "both", m.set_attr("Rows", 0), DOES_NOT_MATCH),
+    Case("columns-zero", "both", m.set_attr("Columns", 0), DOES_NOT_MATCH),
+    Case("matrix-columns-zero", "both", m.set_attr("TotalPixelMatrixColumns", 0), DOES_NOT_MATCH),
+    Case("matrix-rows-zero", "both", m.set_attr("TotalPixelMatrixRows", 0), DOES_NOT_MATCH),
+    Case("missing-pixel-data", "both", m.delete_attr("PixelData"), DOES_NOT_MATCH),
     # 40000 x 25000 with the 4 frames of the original: the frame count contradicts the matrix before any budget applies.
-    Case("matrix-1e9-pixels", "dimse", matrix(40000, 25000), DOES_NOT_MATCH),
+    Case("matrix-1e9-pixels", "both", matrix(40000, 25000), DOES_NOT_MATCH),
     # A declared size beyond the memory budget: A700 (over STOW-RS: HTTP 507, FailureReason A700).
     Case("matrix-columns-1e9", "both", matrix(10**9, 384), OUT_OF_RESOURCES),
     # Pixel data that cannot hold the declared frames (fragments, Basic Offset Table): cannot be understood as declared.

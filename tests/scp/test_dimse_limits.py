@@ -318,3 +318,80 @@ def test_a_sender_killed_mid_instance_leaves_no_temporary_file(tmp_path):
             assert pydicom.dcmread(p).PixelData == pydicom.dcmread(big).PixelData
     finally:
         n.stop()
+
+
+def _concurrent_round(port: int, count: int, tag: str, snapshot=lambda: None) -> list[tuple[str, tuple | None]]:
+    """`count` associations requested at once; the accepted ones hold until every request has its answer.
+
+    `snapshot()` is called once every request has its answer (the accepted ones still open): its
+    value is in the result as ("snapshot", (value,))."""
+    barrier = threading.Barrier(count, timeout=30)
+    everyone_answered = threading.Event()
+    results: list[tuple[str, tuple | None]] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        ae = AE(ae_title=f"{tag}{i}")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+        ae.add_requested_context(Verification)
+        barrier.wait()
+        assoc = ae.associate("127.0.0.1", port, ae_title="WSINODE")
+        if assoc.is_established:
+            outcome = ("accepted", None)
+        elif assoc.is_rejected:
+            rj = assoc.acceptor.primitive
+            outcome = ("rejected", (rj.result, rj.result_source, rj.diagnostic))
+        else:
+            outcome = ("failed", None)
+        with lock:
+            results.append(outcome)
+            if len(results) == count:
+                results.append(("snapshot", (snapshot(),)))
+                everyone_answered.set()
+        if assoc.is_established:
+            # Hold the slot until all requests were answered, so that "accepted" means "at the same time".
+            everyone_answered.wait(30)
+            ok = assoc.send_c_echo()
+            assoc.release()
+            with lock:
+                results.append(("echo", (int(ok.Status),) if ok else None))
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a sender thread did not finish within 60 s"
+    return results
+
+
+def test_twenty_at_once_never_more_than_the_limit_five_rounds(tmp_path):
+    # max_associations 10: in each round exactly 10 are accepted at once and the other 10 get A-ASSOCIATE-RJ
+    # result 2 (rejected-transient), source 3 (service-provider, presentation), reason 2 (local limit exceeded),
+    # PS3.8 9.3.4 table 9-21; the node itself never counts more than 10 established acceptors.
+    n = RunningNode(tmp_path, max_associations=10)
+    ae = n.node.dimse.server.ae
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], ae.accepted_count())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        for round_ in range(5):
+            results = _concurrent_round(n.port, 20, f"R{round_}C", ae.accepted_count)
+            kinds = [k for k, _ in results]
+            assert kinds.count("accepted") == 10 and kinds.count("rejected") == 10, (round_, kinds)
+            assert {why for k, why in results if k == "rejected"} == {(2, 3, 2)}, (round_, results)
+            assert [why for k, why in results if k == "echo"] == [(0,)] * 10, (round_, results)
+            assert [why for k, why in results if k == "snapshot"] == [(10,)], (round_, results)
+            _wait(lambda: ae.accepted_count() == 0, 10, f"round {round_}: associations still counted after release")
+        assert 0 < peak[0] <= 10, f"the node had {peak[0]} associations established at once (limit 10)"
+    finally:
+        stop.set()
+        sampler.join(5)
+        n.stop()

@@ -23,8 +23,8 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 
 from converter.testkit import SlideSpec, write_series
-from scp.storage import StoreResult, dimse_status, stow_failure_reason
-from scp.dimse import STATUS, WSI_STORAGE
+from scp.storage import STATUS_CODES, StoreResult, code_class, dimse_status, stow_failure_reason
+from scp.dimse import WSI_STORAGE
 from tests.support.node import STORESCU, RunningNode, assert_published, pynetdicom_send
 
 BASE = SlideSpec(width=600, height=500, tile_size=256, downsamples=(1,), seed=41)
@@ -184,5 +184,58 @@ def test_status_functions_cover_every_refusal():
                                 ("not-wsi", 0xA900, 0x0122), ("no-space", 0xA700, 0xA700), ("error", 0xA700, 0xA700)]:
         result = StoreResult(status, "x")
         assert (dimse_status(result), stow_failure_reason(result)) == (dimse, stow)
-        assert STATUS[status] == dimse  # the receiver's table agrees
-    assert dimse_status(StoreResult("stored")) == 0x0000
+    for status in ("stored", "duplicate", "replaced"):
+        assert StoreResult(status).ok and dimse_status(StoreResult(status)) == 0x0000
+    # A status no table knows (a bug) is refused on both protocols, never acknowledged.
+    assert (dimse_status(StoreResult("new-kind")), stow_failure_reason(StoreResult("new-kind"))) == (0xA700, 0xA700)
+
+
+def test_every_store_status_maps_to_the_same_code_class_on_both_protocols():
+    # Every status StoreResult documents, and every status the validation rules and the header walk can give
+    # (converter.source.validate, InstanceRefused), has one row, and its C-STORE status (PS3.4 B.2.3) and STOW-RS
+    # FailureReason (PS3.18 Annex I) are of the same kind: A7xx with A7xx, A9xx/0122 with A9xx/0122, Cxxx with Cxxx.
+    import inspect
+
+    from converter.errors import InstanceRefused
+    from converter.source import validate
+
+    documented = set(re.findall(r"'([a-z-]+)'", inspect.getsource(StoreResult)))  # the statuses its docstring lists
+    documented |= set(validate._PRIORITY) | set(re.findall(r"'([a-z-]+)' \(", inspect.getdoc(InstanceRefused)))
+    assert {"stored", "duplicate", "replaced", "invalid", "not-wsi", "mismatch", "too-large", "no-space", "error"} <= documented
+    assert documented <= set(STATUS_CODES), documented - set(STATUS_CODES)
+    for status, (dimse, stow) in STATUS_CODES.items():
+        result = StoreResult(status, "x")
+        if result.ok:
+            assert (dimse, stow) == (0x0000, None), status
+            continue
+        assert dimse != 0 and stow not in (None, 0), status
+        assert code_class(dimse) == code_class(stow) != "other", (status, hex(dimse), hex(stow))
+        assert (dimse_status(result), stow_failure_reason(result)) == (dimse, stow)
+
+
+def test_a_refused_instance_gets_one_warning_line_naming_peer_uid_status_and_the_reason(node, bases, tmp_path, caplog):
+    # One line per refusal, from the receiver (peer, SOP Instance UID, the status sent, the long reason);
+    # scp/storage.py's own line is debug only. Over STOW-RS the same rule: one line, FailureReason A900.
+    import logging
+
+    import requests
+
+    path = tmp_path / "two-problems.dcm"
+    shutil.copy(bases["jpeg"], path)
+    edit(lambda ds: (setattr(ds, "Rows", 0), setattr(ds, "SOPInstanceUID", "2.25.424242")))(path)
+    caplog.set_level(logging.INFO)
+    assert pynetdicom_send(node.port, [path], aet="ONELINE") == [0xA900]
+    lines = [r for r in caplog.records if "2.25.424242" in r.getMessage() and r.levelno >= logging.WARNING]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    text = lines[0].getMessage()
+    assert "ONELINE@127.0.0.1" in text and "0xA900" in text and "Rows is 0; it must be in 1..65535" in text, text
+    assert str(path) not in text and ".incoming" not in text, text
+    caplog.clear()
+    boundary = "h12boundary"
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode())
+    r = requests.post(f"{node.http_url}/studies", data=body, timeout=30,
+                      headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert r.status_code == 409 and r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900], r.text
+    lines = [r for r in caplog.records if "2.25.424242" in r.getMessage() and r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "0xA900" in lines[0].getMessage(), [r.getMessage() for r in lines]
+    assert_nothing_left(node)

@@ -221,6 +221,12 @@ CASES = [
     Case("truncated-no-delimiter", "jpeg", cut(lambda raw: len(raw) - 8), "invalid", "truncated: the pixel data has no end delimiter"),
     Case("truncated-in-header", "jpeg", cut(lambda raw: raw.index(b"\x48\x00\x05\x01SQ") + 40), "invalid",
          "truncated: the file ends inside a sequence"),
+    # Cut inside the Pixel Data element header (tag, VR, reserved, length: PS3.5 7.1): truncated, not "no PixelData".
+    *[Case(f"truncated-in-pixel-tag-{base}-{n}", base, cut(lambda raw, n=n: raw.rfind(b"\xe0\x7f\x10\x00") + n), "invalid",
+           "truncated: the file ends in an element header") for base in ("jpeg", "native") for n in (1, 4, 6, 8, 11)],
+    Case("truncated-in-last-element-header", "jpeg", lambda p: (delete("PixelData")(p), p.write_bytes(p.read_bytes() + b"\x08\x00"))[0],
+         "invalid", "truncated: the file ends in an element header"),
+    Case("cut-just-before-pixel-data", "jpeg", cut(lambda raw: raw.rfind(b"\xe0\x7f\x10\x00")), "mismatch", "no PixelData"),
     Case("bot-points-inside-fragment", "jpeg", bytes_at(_second_bot_entry, b"\x01"), "invalid",
          "Basic Offset Table does not match the frames"),
     Case("eot-length-wrong", "extended", edit(lambda ds: setattr(ds, "ExtendedOffsetTableLengths",
