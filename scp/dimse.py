@@ -34,7 +34,7 @@ from scp.commitment.service import CommitmentService, CommitmentSettings
 from scp.events import ReceiverEvents
 from scp.incoming import IncomingFile, IncomingFiles, SpaceRules
 from scp.pynetdicom_adapter import NodeAE, dataset_writer, install
-from scp.storage import InstanceStore, StoreResult
+from scp.storage import InstanceStore, StoreResult, dimse_status
 
 log = logging.getLogger("wsi_node.dimse")
 
@@ -55,17 +55,7 @@ WSI_TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
 ]
 
-STATUS = {
-    "stored": 0x0000,
-    "duplicate": 0x0000,
-    "replaced": 0x0000,
-    "no-space": 0xA700,  # Refused: Out of Resources (PS3.4 B.2.3)
-    "too-large": 0xA700,
-    "error": 0xA700,
-    "invalid": 0xC000,  # Error: Cannot understand
-    "not-wsi": 0xA900,  # Error: Data Set does not match SOP Class
-    "mismatch": 0xA900, "too-large": 0xA700,  # scp.storage.dimse_status holds the same mapping
-}
+# The C-STORE status of a store result: scp.storage.dimse_status (STATUS_CODES, one table with STOW-RS).
 
 
 @dataclass
@@ -284,14 +274,14 @@ class DimseReceiver:
             log.error("C-STORE of %s from %s: write failed: %s", _sop_uid(event), peer, exc.strerror or exc)
             result = StoreResult("no-space" if full else "error", "disk full while storing" if full else
                                  f"write failed ({errno.errorcode.get(exc.errno or 0, exc.errno)})")
-        status.Status = STATUS.get(result.status, 0xC000)
+        status.Status = dimse_status(result)
         if result.ok:
             log.info("stored %s from %s (%s)", result.sop_instance_uid, peer, result.status)
             self.events.on_stored(result, self._key(event))
         else:
             status.ErrorComment = _comment(result.message, path)
             log.warning("C-STORE of %s from %s refused (0x%04X): %s", result.sop_instance_uid or _sop_uid(event),
-                        peer, status.Status, _strip_path(result.message, path))
+                        peer, status.Status, _strip_path(result.detail or result.message, path))
             self.events.refused("dimse", result.status)
         return status
 
