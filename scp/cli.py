@@ -134,9 +134,8 @@ def run_serve(argv: list[str]) -> int:
         return 2
     node = NodeSettings(settings, dimse, node_args.disk_reserve_mb, node_args.settle, node_args.quiet_period, http,
                         max_attempts=node_args.max_attempts, conversion_memory_mb=node_args.conversion_memory_mb,
-                        profiles=profiles)
-    # What every received instance is checked against (scp.storage.InstanceStore, built in scp/node.py).
-    node.limits = Limits(node_args.max_header_mb << 20, node_args.max_sequence_depth, node_args.conversion_memory_mb)
+                        profiles=profiles,
+                        limits=Limits(node_args.max_header_mb << 20, node_args.max_sequence_depth, node_args.conversion_memory_mb))
     return serve(node)
 
 

@@ -37,6 +37,7 @@ from converter.inbox.pipeline import InboxPipeline
 from converter.inbox.tracker import Tracker
 from scp.commitment.locate import NodeLocator
 from scp.commitment.sender import Timeouts
+from converter.source.validate import DEFAULT_LIMITS, Limits
 from scp.commitment.service import CommitmentService
 from scp.dimse import WSI_STORAGE, DimseReceiver, DimseSettings
 from scp.events import ReceiverEvents
@@ -64,6 +65,8 @@ class NodeSettings:
     """Cap of the memory budget of one conversion; slides whose declared size needs more are refused."""
     profiles: dict[str, SenderProfile] = field(default_factory=dict)
     """Completeness rules per calling AE title (--sender-profile); others: settle, quiet and the defaults."""
+    limits: Limits = DEFAULT_LIMITS
+    """What every received instance is checked against before it is acknowledged (header size, nesting, budget)."""
 
 
 class Node:
@@ -74,7 +77,8 @@ class Node:
         self.wake = threading.Event()
         self.stop_event = threading.Event()
         self.store = InstanceStore(Path(p.inbox), Path(p.archive), Path(p.quarantine),
-                                   reserve_bytes=settings.disk_reserve_mb << 20, keep_other=settings.dimse.accept_other_storage)
+                                   reserve_bytes=settings.disk_reserve_mb << 20, keep_other=settings.dimse.accept_other_storage,
+                                   limits=settings.limits)
         self.tracker = Tracker(Path(p.state_dir) / "wsi-node.sqlite", settings.settle, settings.quiet, settings.profiles)
         self.executor = make_executor(p.max_concurrent, start_method="forkserver")
         self.pipeline = InboxPipeline(p, self.executor, tracker=self.tracker, max_attempts=settings.max_attempts,

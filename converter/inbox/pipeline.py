@@ -200,8 +200,10 @@ class InboxPipeline:
                     decision = self.tracker.decision(uid, self.clock())
                     if decision.action == "wait":
                         continue
+                    # The report says which signal decided (structure, association end, commitment, quiet period).
+                    notes = [f"completion: {decision.rule}" + (f": {decision.reasons[0]}" if decision.reasons else "")]
                     if decision.action == "convert-incomplete":
-                        notes = [f"the slide looked incomplete when the quiet period ended: {r}" for r in decision.reasons]
+                        notes += [f"the slide looked incomplete when the quiet period ended: {r}" for r in decision.reasons]
                         log.warning("series %s: no new instance for %g s; converting what arrived. Incomplete: %s",
                                     uid, self.tracker.quiet, "; ".join(decision.reasons))
                 elif units_of[uid] & unsettled:

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from converter.inbox.database import connect
+
 from scp.commitment.request import CommitmentRequest, Reference
 
 SCHEMA = """
@@ -49,10 +51,7 @@ class Pending:
 
 class CommitmentStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db, _fresh = connect(path)  # a damaged file is kept aside; pending reports are then lost, and logged so
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:

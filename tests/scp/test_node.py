@@ -265,6 +265,7 @@ def test_incomplete_slide_converts_after_the_quiet_period_and_says_why(tmp_path)
         out = n.output(series_uids(spec)[1], timeout=30)
         notes = " ".join(json.loads(out.with_suffix(".json").read_text())["notes"])
         assert "incomplete" in notes and "part 2 of 3 missing" in notes
+        assert "completion: quiet-period" in notes  # the report names the signal that decided
     finally:
         n.stop()
 
