@@ -103,6 +103,8 @@ class WsiInstance:
     icc_profile: bytes | None = field(default=None, repr=False)
     pixel_data: PixelDataLocation | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    pixel_origin: str | None = None
+    """ImageType value 1, ORIGINAL or DERIVED (PS3.3 C.8.12.4.1.1): tells a missing level 0 from a small pyramid."""
 
     @property
     def name(self) -> str:
@@ -115,6 +117,24 @@ class WsiInstance:
     @property
     def tiles_down(self) -> int:
         return -(-self.image_height // self.tile_height)
+
+
+def _pixel_origin(ds: Dataset) -> str | None:
+    """ORIGINAL for a level as scanned, DERIVED for a level made by resampling another, None when the header
+    cannot tell (such a level never holds a series back).
+
+    ImageType (PS3.3 C.8.12.4.1.1): value 1 ORIGINAL/DERIVED; for VOLUME images value 4 NONE (not
+    resampled) or RESAMPLED. Real writers label a converted level 0 DERIVED/PRIMARY/VOLUME/NONE
+    (Google's wsi2dcm does: the pixels came from another file format, not from resampling), so value 4
+    decides where it is present and value 1 only where it is not.
+    """
+    image_type = ds.get("ImageType")
+    if not image_type:
+        return None
+    values = [str(v).strip().upper() for v in ([image_type] if isinstance(image_type, str) else image_type)]
+    if len(values) >= 4 and values[2] == "VOLUME" and values[3] in ("NONE", "RESAMPLED"):
+        return "ORIGINAL" if values[3] == "NONE" else "DERIVED"
+    return values[0] if values[0] == "ORIGINAL" else None
 
 
 def _first(seq: Any) -> Dataset | None:
@@ -328,6 +348,7 @@ def instance_from_dataset(ds: Dataset, path: str, scan: HeaderScan) -> WsiInstan
         frame_of_reference_uid=str(ds.FrameOfReferenceUID) if ds.get("FrameOfReferenceUID") else None,
         flavor=flavor,
         flavor_from_image_type=from_type,
+        pixel_origin=_pixel_origin(ds),
         transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
         tile_width=tile_w,
         tile_height=tile_h,
