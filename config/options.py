@@ -175,6 +175,9 @@ OPTIONS: tuple[Option, ...] = (
               "output names: <SeriesInstanceUID>.tiff or the dropped file/folder name", "operation", choices=NAMINGS),
     _pipeline("log_format", "choice", "text", ("--log-format",), "text for terminals, json for log collectors", "operation",
               choices=LOG_FORMATS),
+    _pipeline("executor", "choice", "local", ("--executor",),
+              "where conversions run: local processes, or a Dask distributed cluster at DASK_SCHEDULER_ADDRESS (docs/scale-out.md)", "operation",
+              choices=("local", "dask")),
     # ---------------------------------------------------------------- node (order of wsi-node serve --help)
     _node("data", "text", "data", "--data", "base folder for the default inbox/serving/archive/quarantine/state", metavar="DIR"),
     _node("ae_title", "text", "WSINODE", "--ae-title", "DICOM AE title of the node",

@@ -108,6 +108,9 @@ class BatchSettings:
     """Output file naming: "series-uid" (<SeriesInstanceUID>.tiff) or "drop-name" (name of the dropped file/top folder under the inbox)."""
     log_format: str = default("log_format")
     """"text" for people reading a terminal, "json" for log collectors."""
+    executor: str = default("executor")
+    """"local": one process per conversion on this machine; "dask": tasks on a Dask distributed cluster (docs/scale-out.md).
+    The scheduler address is Dask's own setting: DASK_SCHEDULER_ADDRESS or `scheduler-address` in its config."""
 
     def conversion_options(self, threads: int | None = None) -> ConversionOptions:
         """The engine options for one conversion.

@@ -48,6 +48,7 @@ ENV_CASES: dict[str, tuple[str, str, object]] = {
     "settle_seconds": ("CONVERTER_SETTLE_SECONDS", "0", 0.0),
     "naming": ("CONVERTER_NAMING", "drop-name", "drop-name"),
     "log_format": ("CONVERTER_LOG_FORMAT", "json", "json"),
+    "executor": ("CONVERTER_EXECUTOR", "dask", "dask"),
 }
 
 # argv -> (field, expected value), long and short forms.
@@ -78,6 +79,7 @@ CLI_CASES: list[tuple[list[str], str, object]] = [
     (["--settle-seconds", "0"], "settle_seconds", 0.0),
     (["--naming", "drop-name"], "naming", "drop-name"),
     (["--log-format", "json"], "log_format", "json"),
+    (["--executor", "dask"], "executor", "dask"),
 ]
 
 
