@@ -31,7 +31,8 @@ from typing import Any, Callable
 
 from config.options import default
 from config.settings import BatchSettings
-from converter.executors.local import make_executor
+from converter.executors import make_configured_executor
+from config.errors import ConfigError
 from converter.inbox.completeness.profiles import SenderProfile
 from converter.inbox.pipeline import InboxPipeline
 from converter.inbox.tracker import Tracker
@@ -80,7 +81,8 @@ class Node:
                                    reserve_bytes=settings.disk_reserve_mb << 20, keep_other=settings.dimse.accept_other_storage,
                                    limits=settings.limits)
         self.tracker = Tracker(Path(p.state_dir) / "wsi-node.sqlite", settings.settle, settings.quiet, settings.profiles)
-        self.executor = make_executor(p.max_concurrent, start_method="forkserver")
+        # local processes, or a Dask cluster (--executor dask: connects and checks the shared paths now, docs/scale-out.md)
+        self.executor = make_configured_executor(p, start_method="forkserver")
         self.pipeline = InboxPipeline(p, self.executor, tracker=self.tracker, max_attempts=settings.max_attempts,
                                       memory_cap_mb=settings.conversion_memory_mb)
         self.pipeline.on_job_done = self.wake.set
@@ -273,7 +275,11 @@ class Node:
 
 
 def serve(settings: NodeSettings) -> int:
-    node = Node(settings)
+    try:
+        node = Node(settings)
+    except ConfigError as exc:  # e.g. --executor dask without the extra, or workers that see other folders
+        log.error("cannot start: %s", exc)
+        return 2
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
     try:

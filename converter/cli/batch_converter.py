@@ -17,7 +17,7 @@ import threading
 from config.errors import ConfigError
 from config.effective import load_batch_settings
 from config.folders import validate_batch_settings
-from converter.executors.local import make_executor
+from converter.executors import make_configured_executor
 from converter.cli.logs import early_log_format, setup_logging
 from converter.inbox.pipeline import InboxPipeline
 
@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    executor = make_executor(settings.max_concurrent, start_method="forkserver" if settings.watch else "fork")
+    try:  # local processes, or a Dask cluster (--executor dask: connects and checks the shared paths, docs/scale-out.md)
+        executor = make_configured_executor(settings, start_method="forkserver" if settings.watch else "fork")
+    except ConfigError as exc:
+        print(f"batch-converter: {exc}", file=sys.stderr)
+        return 2
     pipeline = InboxPipeline(settings, executor)
     try:
         pipeline.recover()
