@@ -43,7 +43,7 @@ GROUP_TITLES = {
     "tls": "DICOM TLS (WSI_NODE_TLS_*)",
     "http": "HTTP: DICOMweb STOW-RS (POST /dicom-web/studies), health, metrics (each also settable as WSI_NODE_<NAME>)",
 }
-_PIPELINE_METAVAR = {"folder": "DIR", "int": "N", "float": "SECONDS"}
+_PIPELINE_METAVAR = {"folder": "DIR", "int": "N", "float": "SECONDS", "text": "TEXT"}
 
 
 def flag_type(opt: Option) -> Callable[[str], Any]:
@@ -94,7 +94,7 @@ def _add_pipeline(group: Any, opt: Option) -> None:
         kwargs["choices"] = opt.choices
     else:
         kwargs["type"] = flag_type(opt)
-        kwargs["metavar"] = _PIPELINE_METAVAR[opt.kind]
+        kwargs["metavar"] = opt.metavar or _PIPELINE_METAVAR[opt.kind]
     group.add_argument(*opt.flags, **kwargs)
 
 

@@ -176,8 +176,11 @@ OPTIONS: tuple[Option, ...] = (
     _pipeline("log_format", "choice", "text", ("--log-format",), "text for terminals, json for log collectors", "operation",
               choices=LOG_FORMATS),
     _pipeline("executor", "choice", "local", ("--executor",),
-              "where conversions run: local processes, or a Dask distributed cluster at DASK_SCHEDULER_ADDRESS (docs/scale-out.md)", "operation",
+              "where conversions run: local processes, or a Dask distributed cluster (docs/scale-out.md)", "operation",
               choices=("local", "dask")),
+    _pipeline("dask_scheduler", "file", None, ("--dask-scheduler",),
+              "address of the Dask scheduler for --executor dask, e.g. tcp://10.0.0.5:8786 (empty: DASK_SCHEDULER_ADDRESS)",
+              "operation", metavar="URL"),
     # ---------------------------------------------------------------- node (order of wsi-node serve --help)
     _node("data", "text", "data", "--data", "base folder for the default inbox/serving/archive/quarantine/state", metavar="DIR"),
     _node("ae_title", "text", "WSINODE", "--ae-title", "DICOM AE title of the node",

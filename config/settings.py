@@ -109,6 +109,7 @@ class BatchSettings:
     log_format: str = default("log_format")
     """"text" for people reading a terminal, "json" for log collectors."""
     executor: str = default("executor")
+    dask_scheduler: str = default("dask_scheduler")
     """"local": one process per conversion on this machine; "dask": tasks on a Dask distributed cluster (docs/scale-out.md).
     The scheduler address is Dask's own setting: DASK_SCHEDULER_ADDRESS or `scheduler-address` in its config."""
 

@@ -26,7 +26,7 @@ def make_configured_executor(settings: BatchSettings, start_method: str = "forks
 
         return make_dask_executor(settings.max_concurrent, readable=(Path(settings.inbox), Path(settings.archive),
                                                                      Path(settings.serving)),
-                                  writable=(Path(settings.serving),))
+                                  writable=(Path(settings.serving),), address=settings.dask_scheduler or None)
     from converter.executors.local import make_executor
 
     return make_executor(settings.max_concurrent, start_method=start_method)

@@ -49,6 +49,7 @@ ENV_CASES: dict[str, tuple[str, str, object]] = {
     "naming": ("CONVERTER_NAMING", "drop-name", "drop-name"),
     "log_format": ("CONVERTER_LOG_FORMAT", "json", "json"),
     "executor": ("CONVERTER_EXECUTOR", "dask", "dask"),
+    "dask_scheduler": ("CONVERTER_DASK_SCHEDULER", "tcp://10.0.0.5:8786", "tcp://10.0.0.5:8786"),
 }
 
 # argv -> (field, expected value), long and short forms.
@@ -80,6 +81,7 @@ CLI_CASES: list[tuple[list[str], str, object]] = [
     (["--naming", "drop-name"], "naming", "drop-name"),
     (["--log-format", "json"], "log_format", "json"),
     (["--executor", "dask"], "executor", "dask"),
+    (["--dask-scheduler", "tcp://127.0.0.1:8786"], "dask_scheduler", "tcp://127.0.0.1:8786"),
 ]
 
 

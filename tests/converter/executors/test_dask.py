@@ -3,7 +3,7 @@
 The test starts `python -m distributed.cli.dask_scheduler` and `python -m distributed.cli.dask_worker`
 processes (each worker under its nanny, PYTHONPATH at the checkout so workers import the converter),
 never an in-process LocalCluster, and `wsi-node serve --executor dask` as a subprocess
-(tests/faults/harness.NodeProcess) with DASK_SCHEDULER_ADDRESS pointing at the scheduler. Checks:
+(tests/faults/harness.NodeProcess) with --dask-scheduler (or DASK_SCHEDULER_ADDRESS) pointing at the scheduler. Checks:
 - several series pushed over C-STORE are all published once, open in OpenSlide, and ran on workers;
 - a worker SIGKILLed while it converts: its task ends in KilledWorker (the node sets allowed-failures
   to 0), the node retries the series and publishes it once, no scratch file is left in serving;
@@ -143,8 +143,8 @@ def cluster(tmp_path: Path, workers: int = 2):
 
 @contextmanager
 def dask_node(tmp_path: Path, c: Cluster, *extra: str, wait: bool = True, env: dict | None = None):
-    node = NodeProcess(tmp_path / "data", "--executor", "dask", *extra,
-                       env={"PYTHONPATH": str(REPO), "DASK_SCHEDULER_ADDRESS": c.address, **(env or {})})
+    node = NodeProcess(tmp_path / "data", "--executor", "dask", "--dask-scheduler", c.address, *extra,
+                       env={"PYTHONPATH": str(REPO), **(env or {})})
     try:
         node.start(wait=wait, timeout=120)
         yield node
