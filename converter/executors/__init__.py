@@ -22,11 +22,12 @@ def make_configured_executor(settings: BatchSettings, start_method: str = "forks
     and write into serving, where conversions stage under hidden names before the atomic rename.
     """
     if settings.executor == "dask":
-        from converter.executors.dask import make_dask_executor
+        from converter.executors.dask_start import make_dask_executor
 
         return make_dask_executor(settings.max_concurrent, readable=(Path(settings.inbox), Path(settings.archive),
                                                                      Path(settings.serving)),
-                                  writable=(Path(settings.serving),), address=settings.dask_scheduler or None)
+                                  writable=(Path(settings.serving),), address=settings.dask_scheduler or None,
+                                  serving=Path(settings.serving))
     from converter.executors.local import make_executor
 
     return make_executor(settings.max_concurrent, start_method=start_method)

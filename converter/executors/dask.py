@@ -18,6 +18,8 @@ What it adds to Client.submit, and why:
   TaskLost, which the pipeline retries like any conversion without a result;
 - a published result is checked on the node before the pipeline sees it: the TIFF and its report must
   exist at the path the worker named and the TIFF must parse (ResultNotVisible otherwise: retried);
+- a conversion writes into a hidden staging folder of its task in serving, and the node publishes it
+  (converter.executors.staging): a stale task (its node restarted, its scheduler lost) cannot publish;
 - the memory budget (local.MemoryBudget) is counted on top of what the long-lived worker process
   already uses (_OnWorker), since a Dask worker is not a fresh process per conversion.
 
@@ -32,14 +34,16 @@ import functools
 import logging
 import threading
 import uuid
+import weakref
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from config.errors import ConfigError, WsiNodeError
 from converter.conversion.report import ConversionReport
 from converter.executors.local import MemoryBudget, WorkerDied
+from converter.executors.staging import Staging
 
 log = logging.getLogger("wsi_node.executor")
 
@@ -98,10 +102,14 @@ class _OnWorker:
     Returns (the worker's address, the result), so the node can say which worker ran each conversion."""
 
     fn: Callable[..., Any]
+    staging: str | None = None
+    """The task's staging folder (converter.executors.staging), created here before the conversion runs."""
 
     def __call__(self, *args: Any) -> tuple[str, Any]:
         from distributed import get_worker
 
+        if self.staging:
+            Path(self.staging).mkdir(exist_ok=True)  # not parents: a swept serving is not re-created here
         fn = self.fn
         if isinstance(fn, MemoryBudget):
             fn = MemoryBudget(fn.fn, fn.limit + _data_in_use())
@@ -149,19 +157,33 @@ class _Task:
     fn: Callable[..., Any]
     args: tuple
     name: str
+    final: Path | None = None
+    """Where the node publishes the staged output (converter.executors.staging), or None (not staged)."""
 
 
 class DaskExecutor(Executor):
     """At most `max_workers` tasks on the cluster of `client` at once; see the module docstring."""
 
-    def __init__(self, client: Any, max_workers: int, own_client: bool = True) -> None:
+    def __init__(self, client: Any, max_workers: int, own_client: bool = True, serving: Path | None = None,
+                 resources: bool = False, sweep_interval: float = 10.0) -> None:
         self.client = client
         self.max_workers = max(1, max_workers)
         self._own_client = own_client
         self._lock = threading.Lock()
         self._queue: collections.deque[_Task] = collections.deque()
         self._running: dict[str, tuple[_Task, Any]] = {}
+        self._settling: set[str] = set()
         self._shutdown = False
+        self.resources = resources
+        """Submit with resources={"memory": budget} (the workers declared a `memory` resource)."""
+        self.finished: collections.Counter[str] = collections.Counter()
+        """Outcomes since the start: ok, failed (an exception: died, lost, not visible), cancelled."""
+        self._worker_of: weakref.WeakKeyDictionary[Future, str] = weakref.WeakKeyDictionary()
+        self.by_worker: collections.Counter[str] = collections.Counter()
+        """Tasks that returned a result, by the address of the worker that ran them."""
+        self.staging = Staging(serving, self._owned) if serving is not None else None
+        if self.staging is not None:
+            self.staging.start_sweeping(sweep_interval)
         self.deaths = 0
         """Tasks whose worker died, since the start."""
         self.on_death: Callable[[WorkerDied], None] | None = None
@@ -187,6 +209,8 @@ class DaskExecutor(Executor):
                 self._queue.clear()
         for task in queued:
             task.future.cancel()
+        if self.staging is not None:
+            self.staging.stop()
         if wait:
             while True:
                 with self._lock:
@@ -231,6 +255,20 @@ class DaskExecutor(Executor):
         with self._lock:
             return list(self._running)
 
+    def _owned(self) -> list[str]:
+        with self._lock:
+            return [*self._running, *self._settling]
+
+    def stats(self) -> dict[str, int]:
+        """Conversions queued in the node, running on the cluster, and finished by outcome (for /metrics)."""
+        with self._lock:
+            return {"queued": len(self._queue), "running": len(self._running), "ok": self.finished["ok"],
+                    "failed": self.finished["failed"], "worker_deaths": self.deaths, "by_worker": dict(self.by_worker)}
+
+    def worker_of(self, future: Future) -> str | None:
+        """The address of the Dask worker that ran (returned) this future's task, when it finished there."""
+        return self._worker_of.get(future)
+
     # --- submitting and finishing ----------------------------------------------------------------------
     def _start_ready(self) -> None:
         while True:
@@ -241,8 +279,13 @@ class DaskExecutor(Executor):
                 if not task.future.set_running_or_notify_cancel():
                     continue
                 key = f"{task.name}-{uuid.uuid4().hex}"  # grouped by function name on the dashboard
+                args = task.args
+                if self.staging is not None:
+                    args, task.final = self.staging.rewrite(key, task.fn, args)
+                extra = {"resources": {"memory": task.fn.limit}} if self.resources and isinstance(task.fn, MemoryBudget) else {}
                 try:
-                    dfut = self.client.submit(_OnWorker(task.fn), *task.args, key=key, pure=False, retries=0)
+                    staged = str(self.staging.folder(key)) if task.final is not None else None
+                    dfut = self.client.submit(_OnWorker(task.fn, staged), *args, key=key, pure=False, retries=0, **extra)
                 except Exception as exc:  # the client is closed, or the task cannot be pickled: only it fails
                     task.future.set_exception(TaskLost(f"the conversion could not be sent to the Dask scheduler: {exc}",
                                                        "check that the scheduler runs; the series is retried"))
@@ -254,11 +297,21 @@ class DaskExecutor(Executor):
         """On Dask's callback thread: hand the outcome to the concurrent future, start the next task."""
         with self._lock:
             task, _ = self._running.pop(key, (None, None))
+            if task is not None:
+                self._settling.add(key)
         if task is None:
             return
         try:
             self._settle(task, key, dfut)
         finally:
+            with self._lock:
+                self._settling.discard(key)
+                self.finished["ok" if task.future.done() and not task.future.cancelled() and task.future.exception() is None
+                              else "failed"] += 1
+            if self.staging is not None and task.final is not None:
+                self.staging.discard(key)  # published or not, the task's staging folder goes
+            if self.staging is not None:
+                self.staging.sweep()  # stale tasks' folders (an earlier run, a lost task) go too
             dfut.release()
             self._start_ready()
 
@@ -269,10 +322,16 @@ class DaskExecutor(Executor):
             try:
                 worker, result = dfut.result(timeout=60)
                 check_published(result, worker)
-            except BaseException as exc:  # the result cannot be fetched, or is not visible here
+                if self.staging is not None and task.final is not None:
+                    result = self.staging.publish(key, result, task.final)
+            except BaseException as exc:  # the result cannot be fetched, is not visible here, or cannot be published
                 task.future.set_exception(exc if isinstance(exc, WsiNodeError) else
-                                          TaskLost(f"the result of {key} could not be fetched: {exc}", "it is retried"))
+                                          TaskLost(f"the result of {key} could not be fetched or published: {exc}",
+                                                   "it is retried"))
                 return
+            self._worker_of[task.future] = worker
+            with self._lock:
+                self.by_worker[worker] += 1
             log.info("task %s ran on the Dask worker %s", key, worker)
             task.future.set_result(result)
             return
@@ -294,96 +353,4 @@ class DaskExecutor(Executor):
                                            "restarted or the node's connection to it dropped)", "it is retried"))
 
 
-# --- start: connect, configure the scheduler, check the shared-path contract --------------------------
-
-def _probe_on_worker(probes: list[tuple[str, str]], writable: list[str]) -> list[str]:
-    """Runs on every worker (Client.run): what of the node's folders this worker does not see as the node does."""
-    problems = []
-    for path, token in probes:
-        try:
-            content = Path(path).read_text()
-        except OSError as exc:
-            problems.append(f"cannot read the probe file {path} the node wrote ({exc.strerror or exc})")
-            continue
-        if content != token:
-            problems.append(f"{path} holds other content than the node wrote: another folder at the same path")
-    for folder in writable:
-        test = Path(folder) / f"{PROBE_PREFIX}{uuid.uuid4().hex}.w"
-        try:
-            test.write_text("w")
-            test.unlink()
-        except OSError as exc:
-            problems.append(f"cannot write into {folder} ({exc.strerror or exc})")
-    return problems
-
-
-def check_shared_paths(client: Any, readable: Iterable[Path], writable: Iterable[Path]) -> None:
-    """Write a probe file into each folder, ask every worker to read it; ConfigError naming path and worker."""
-    probes: list[tuple[str, str]] = []
-    try:
-        for folder in readable:
-            token = uuid.uuid4().hex
-            path = Path(folder).resolve() / f"{PROBE_PREFIX}{token}"
-            path.write_text(token)
-            probes.append((str(path), token))
-        answers = client.run(_probe_on_worker, probes, [str(Path(w).resolve()) for w in writable], on_error="return")
-    finally:
-        for path, _ in probes:
-            Path(path).unlink(missing_ok=True)
-    problems = []
-    for worker, answer in sorted(answers.items()):
-        if isinstance(answer, BaseException):
-            problems.append(f"Dask worker {worker}: the check failed ({type(answer).__name__}: {answer})")
-        else:
-            problems.extend(f"Dask worker {worker}: {p}" for p in answer)
-    if problems:
-        raise ConfigError("the Dask workers do not see the node's folders at the same paths: " + "; ".join(problems) + ".",
-                          CONTRACT_FIX)
-
-
-def make_dask_executor(max_workers: int, readable: Iterable[Path], writable: Iterable[Path],
-                       address: str | None = None, connect_timeout: float = 30.0, workers_timeout: float = 60.0) -> DaskExecutor:
-    """Connect to the scheduler (`address`, else Dask's own setting DASK_SCHEDULER_ADDRESS / scheduler-address),
-    wait for a worker, set allowed-failures to 0 on the scheduler, check the shared paths. ConfigError on failure."""
-    distributed = import_distributed()
-    import dask
-
-    address = address or dask.config.get("scheduler-address", None)
-    if not address:
-        raise ConfigError("--executor dask: the Dask scheduler's address is not set.",
-                          "set DASK_SCHEDULER_ADDRESS=tcp://HOST:8786 (Dask's own setting) in the node's environment")
-    try:
-        client = distributed.Client(address, timeout=connect_timeout, set_as_default=False)
-    except (OSError, TimeoutError) as exc:
-        raise ConfigError(f"--executor dask: cannot reach the Dask scheduler at {address} ({exc}).",
-                          "start it (dask scheduler --port 8786) or fix DASK_SCHEDULER_ADDRESS") from None
-    try:
-        try:
-            client.wait_for_workers(1, timeout=workers_timeout)
-        except TimeoutError:
-            raise ConfigError(f"--executor dask: no Dask worker connected to the scheduler {address} within "
-                              f"{workers_timeout:g} s.", f"start workers: dask worker {address} --nthreads 1") from None
-        before = client.run_on_scheduler(_set_allowed_failures, 0)
-        if before != 0:
-            log.warning("the Dask scheduler %s had distributed.scheduler.allowed-failures=%s; set to 0 so that every "
-                        "worker death costs one of the node's max_attempts (set DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0 "
-                        "where the scheduler starts, so a restarted scheduler has it too)", address, before)
-        check_shared_paths(client, readable, writable)
-    except BaseException:
-        client.close()
-        raise
-    workers = len(client.scheduler_info().get("workers", {}))
-    log.info("conversions run on the Dask scheduler %s (%d worker(s) now, at most %d conversion(s) at once)",
-             address, workers, max_workers)
-    return DaskExecutor(client, max_workers)
-
-
-def _set_allowed_failures(value: int, dask_scheduler: Any = None) -> int:
-    """On the scheduler (Client.run_on_scheduler): set allowed_failures, return what it was."""
-    before = dask_scheduler.allowed_failures
-    dask_scheduler.allowed_failures = value
-    return before
-
-
-__all__ = ["DaskExecutor", "DaskWorkerDied", "ResultNotVisible", "TaskLost", "check_shared_paths", "import_distributed",
-           "make_dask_executor"]
+__all__ = ["DaskExecutor", "DaskWorkerDied", "ResultNotVisible", "TaskLost", "check_published", "import_distributed"]

@@ -90,10 +90,12 @@ class Cluster:
         except (OSError, TimeoutError):
             return None
 
-    def start_worker(self, name: str, prefix: list[str] = ()) -> subprocess.Popen:
+    def start_worker(self, name: str, prefix: list[str] = (), memory_limit: str | None = None,
+                     resources: str | None = None) -> subprocess.Popen:
+        extra = (["--memory-limit", memory_limit] if memory_limit else []) + (["--resources", resources] if resources else [])
         return self._spawn(name, [PYTHON, "-m", "distributed.cli.dask_worker", self.address, "--nworkers", "1",
                                   "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1", "--name", name,
-                                  "--death-timeout", "60"], prefix)
+                                  "--death-timeout", "60", *extra], prefix)
 
     def wait_workers(self, n: int, timeout: float = 90) -> None:
         self.client.wait_for_workers(n, timeout=timeout)
