@@ -60,7 +60,7 @@ def _copy_facts(level: Level, reader: LevelReader) -> tuple[SourceLevelFacts, Jp
     elif level.first.bits_allocated != 8:
         blocker = f"{level.first.bits_allocated}-bit samples"
     else:
-        first = next(iter(sorted(level.tile_index.frames)), None)
+        first = min(level.tile_index.frames, default=None)
         data = reader.frame_bytes(*first) if first is not None else None
         if data is None:
             blocker = "the level has no frames"
@@ -115,8 +115,7 @@ class _CopiedTiles:
 def _copy_tiles(index: int, level: Level, reader: LevelReader, info: JpegInfo, fill: bytes) -> Iterator[bytes]:
     ti = level.tile_index
     for row in range(ti.tiles_down):
-        for col in range(ti.tiles_across):
-            data = reader.frame_bytes(col, row)
+        for col, data in enumerate(reader.row_frames(row)):
             if data is None:
                 yield fill
                 continue

@@ -58,8 +58,27 @@ class LevelReader:
             return None
         return self._indexes[ref.instance].read(self._files[ref.instance], ref.frame)
 
+    def row_frames(self, row: int) -> list[bytes | None]:
+        """The encoded frames of one tile row (None: no frame), neighbours in a file read together.
+
+        For copying: one read per run of frames that lie next to each other in the file
+        (FrameIndex.read_run) instead of one seek and read per frame.
+        """
+        frames = self.level.tile_index.frames
+        refs = [frames.get((col, row)) for col in range(self.level.tile_index.tiles_across)]
+        out: list[bytes | None] = [None] * len(refs)
+        by_instance: dict[int, list[int]] = {}
+        for col, ref in enumerate(refs):
+            if ref is not None:
+                by_instance.setdefault(ref.instance, []).append(col)
+        for inst, cols in by_instance.items():
+            datas = self._indexes[inst].read_run(self._files[inst], [refs[c].frame for c in cols])  # type: ignore[union-attr]
+            for col, data in zip(cols, datas):
+                out[col] = data
+        return out
+
     def frame_sizes(self) -> int:
-        return sum(ln for idx in self._indexes for rng in idx.ranges for _, ln in rng)
+        return sum(idx.total_bytes() for idx in self._indexes)
 
     def _decode(self, col: int, row: int, data: bytes | None) -> np.ndarray:
         lv = self.level
@@ -73,7 +92,7 @@ class LevelReader:
 
     def colour(self) -> ColourDecision | None:
         """The colour decision of the level's first frame (frames are decided one by one when decoded)."""
-        first = next(iter(sorted(self.level.tile_index.frames)), None)
+        first = min(self.level.tile_index.frames, default=None)
         if first is None:
             return None
         data = self.frame_bytes(*first)

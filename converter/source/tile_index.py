@@ -5,10 +5,17 @@ focal planes, then optical paths, continued across concatenation parts).
 TILED_SPARSE frames, and any frames that carry per-frame plane positions,
 say where they are. We trust explicit positions over the implicit order,
 because some writers store frames out of raster order or leave tiles out.
+
+The implicit TILED_FULL order (PS3.3 C.8.12.4.1.4 / C.7.6.17.3) is kept as
+arithmetic, not as a dict of every tile: a 150,000 px slide has ~275,000
+level-0 tiles, and a dict entry with its key tuple and FrameRef costs ~250
+bytes a tile (issue 14: memory flat whatever the frame count).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from converter.errors import SeriesError
@@ -27,7 +34,8 @@ class FrameRef:
 class TileIndex:
     tiles_across: int
     tiles_down: int
-    frames: dict[tuple[int, int], FrameRef]
+    frames: Mapping[tuple[int, int], FrameRef]
+    """(column, row) -> the frame that holds that tile (a dict, or _TiledFull's arithmetic)."""
     focal_plane_note: str | None = None
     optical_path_note: str | None = None
 
@@ -38,6 +46,81 @@ class TileIndex:
     @property
     def missing(self) -> int:
         return self.expected - len(self.frames)
+
+
+class _TiledFull(Mapping):
+    """The TILED_FULL tiles of one focal plane and the first optical path, computed, not stored.
+
+    Frame number n (across instances: InConcatenationNumber order, ConcatenationFrameOffsetNumber,
+    PS3.3 C.7.6.16.2.2.6) holds tile n % (across x down) of plane (n // (across x down)) % planes of
+    optical path n // (across x down x planes). Where instances overlap, the first one listed wins
+    (as setdefault did).
+    """
+
+    def __init__(self, across: int, down: int, plane: int, planes: int, spans: list[tuple[int, int]]) -> None:
+        self.across, self.down, self.plane, self.planes = across, down, plane, planes
+        # spans: per instance (first frame number, frame count), in the level's instance order.
+        self._spans = spans
+        self._order = sorted(range(len(spans)), key=lambda i: spans[i][0])
+        self._starts = [spans[i][0] for i in self._order]
+        self._count: int | None = None
+
+    def _ref(self, number: int) -> FrameRef | None:
+        # The first listed instance holding frame `number` (few instances per level: a scan).
+        best = None
+        k = bisect_right(self._starts, number)
+        for pos in range(k):
+            idx = self._order[pos]
+            start, n = self._spans[idx]
+            if start <= number < start + n and (best is None or idx < best):
+                best = idx
+        return None if best is None else FrameRef(best, number - self._spans[best][0])
+
+    def _number(self, key: tuple[int, int]) -> int | None:
+        try:
+            col, row = key
+        except (TypeError, ValueError):
+            return None
+        if not (0 <= col < self.across and 0 <= row < self.down):
+            return None
+        return self.plane * self.across * self.down + row * self.across + col
+
+    def __getitem__(self, key: tuple[int, int]) -> FrameRef:
+        number = self._number(key)
+        ref = None if number is None else self._ref(number)
+        if ref is None:
+            raise KeyError(key)
+        return ref
+
+    def __contains__(self, key: object) -> bool:
+        number = self._number(key)  # type: ignore[arg-type]
+        return number is not None and self._ref(number) is not None
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        base = self.plane * self.across * self.down
+        for row in range(self.down):
+            for col in range(self.across):
+                if self._ref(base + row * self.across + col) is not None:
+                    yield (col, row)
+
+    def __len__(self) -> int:
+        if self._count is None:
+            # Union of the instances' frame ranges, clipped to this plane of the first path.
+            lo = self.plane * self.across * self.down
+            hi = lo + self.across * self.down
+            covered, reach = 0, lo
+            for start, n in sorted(self._spans):
+                a, b = max(start, reach), min(start + n, hi)
+                if b > a:
+                    covered += b - a
+                    reach = b
+            self._count = covered
+        return self._count
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _choose_plane(zs: list[float]) -> float:
@@ -89,14 +172,5 @@ def build_tile_index(instances: list[WsiInstance]) -> TileIndex:
     if planes > 1:
         chosen_plane = planes // 2
         plane_note = f"focal plane {chosen_plane + 1} of {planes} (the middle one) converted"
-    per_plane = across * down
-    for idx, inst in enumerate(instances):
-        for frame in range(inst.number_of_frames):
-            number = inst.concatenation_frame_offset + frame
-            path, rest = divmod(number, per_plane * planes)
-            plane, tile = divmod(rest, per_plane)
-            if path != 0 or plane != chosen_plane:
-                continue
-            row, col = divmod(tile, across)
-            frames.setdefault((col, row), FrameRef(idx, frame))
-    return TileIndex(across, down, frames, plane_note, path_note)
+    spans = [(inst.concatenation_frame_offset, inst.number_of_frames) for inst in instances]
+    return TileIndex(across, down, _TiledFull(across, down, chosen_plane, planes, spans), plane_note, path_note)

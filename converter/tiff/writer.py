@@ -23,6 +23,9 @@ import numpy as np
 import tifffile
 
 
+_WRITE_BUFFER = 8 << 20
+
+
 @dataclass
 class TiffLevel:
     width: int
@@ -127,7 +130,9 @@ def write_tiff(
 ) -> dict[str, int]:
     """Write the TIFF; return the IFD index of every level ('level-N') and associated image."""
     pages: dict[str, int] = {}
-    with tifffile.TiffWriter(path, bigtiff=bigtiff) as tif:
+    # tifffile writes one tile per write call; a large buffer turns ~300,000 small writes of a
+    # big slide into a few thousand (its seeks back to patch offsets flush the buffer first).
+    with open(path, "wb", buffering=_WRITE_BUFFER) as fh, tifffile.TiffWriter(fh, bigtiff=bigtiff) as tif:
         page = 0
         if layout == "svs":
             by_name = {a.name: a for a in associated}
