@@ -17,6 +17,26 @@ STATES = ("receiving", "waiting", "converting", "published", "failed")
 """Series states shown on /metrics and the status page."""
 
 
+EXECUTOR_STATES = ("queued", "running", "ok", "failed", "worker_deaths")
+"""What executor.stats() counts, shown on /metrics and the status page."""
+
+
+def executor_stats(executor: Any) -> dict[str, Any] | None:
+    """`executor.stats()` (converter.executors local and dask), or None for an executor without it."""
+    stats = getattr(executor, "stats", None)
+    return stats() if stats is not None else None
+
+
+def executor_line(kind: str, executor: Any) -> str:
+    """One line for the status page: the executor's counts and which workers ran how many conversions."""
+    stats = executor_stats(executor)
+    if stats is None:
+        return ""
+    counts = ", ".join(f"{stats.get(s, 0)} {s.replace('_', ' ')}" for s in EXECUTOR_STATES)
+    workers = "; ".join(f"{w}: {n}" for w, n in sorted((stats.get("by_worker") or {}).items()))
+    return f"executor {kind}: {counts}" + (f"; ran on {workers}" if workers else "")
+
+
 def node_version() -> str:
     try:
         from importlib.metadata import version
@@ -55,6 +75,12 @@ class NodeMetrics:
                               ["kind"], registry=r)
         self.refusals = Counter("wsi_node_refused", "Instances, requests and associations refused, by protocol and reason",
                                 ["protocol", "reason"], registry=r)
+        self.executor_tasks = Gauge("wsi_node_executor_conversions", "Conversions of the executor (local or dask) by state: "
+                                    "queued in the node, running, and since the start finished ok or failed (died, lost)",
+                                    ["executor", "state"], registry=r)
+        self.by_worker = Gauge("wsi_node_executor_conversions_by_worker", "Conversions that returned a result, since the "
+                               "start, by the worker that ran them (Dask worker address; 'local' for local processes)",
+                               ["executor", "worker"], registry=r)
         self.ready = Gauge("wsi_node_conversions_ready", "1 when conversions can run (see /readyz), else 0", registry=r)
         for state in STATES:
             self.series.labels(state)
@@ -62,6 +88,16 @@ class NodeMetrics:
             self.tiles.labels(action)
         for kind in ("no-space", "error"):
             self.faults.labels(kind)
+
+    def executor(self, kind: str, executor: Any) -> None:
+        """Set the executor gauges from `executor.stats()` (converter.executors: local and dask)."""
+        stats = executor_stats(executor)
+        if stats is None:
+            return
+        for state in EXECUTOR_STATES:
+            self.executor_tasks.labels(kind, state).set(stats.get(state, 0))
+        for worker, n in (stats.get("by_worker") or {}).items():
+            self.by_worker.labels(kind, worker).set(n)
 
     def fault(self, kind: str) -> None:
         """A fault of the pipeline or the main loop (converter.inbox.retries.FAULTS); any thread."""

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from scp.metrics import STATES, NodeMetrics
+from scp.metrics import STATES, NodeMetrics, executor_line
 from scp.storage import valid_uid
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def snapshot(node: MonitoredNode) -> dict[str, Any]:
                         "frames_received": lv.frames_received, "frames_expected": lv.frames_expected} for lv in c.levels],
             "output": row.get("output") if state == "published" else None,
             "error": row.get("error") if state == "failed" else None,
-            "updated": t.last_arrival,
+            "updated": t.last_arrival, "worker": pipeline.ran_on.get(uid),
         }
     for state, n in db_counts.items():
         if state in DB_STATES:
@@ -112,7 +112,7 @@ def snapshot(node: MonitoredNode) -> dict[str, Any]:
         shown = "converting" if uid in pipeline.jobs else DB_STATES.get(state, state)
         rows[uid] = {"uid": uid, "state": shown, "senders": [], "instances": None, "first_arrival": None, "last_arrival": None,
                      "complete": None, "reasons": [], "levels": [], "output": output if shown == "published" else None,
-                     "error": error if shown == "failed" else None, "updated": updated}
+                     "error": error if shown == "failed" else None, "updated": updated, "worker": pipeline.ran_on.get(uid)}
     series = sorted(rows.values(), key=lambda r: r["updated"] or 0, reverse=True)[:RECENT]
     return {"series": series, "counts": counts, "jobs": len(pipeline.jobs), "time": time.time()}
 
@@ -237,6 +237,7 @@ class Monitor:
         for state, n in snap["counts"].items():
             m.series.labels(state).set(n)
         m.queue.set(snap["jobs"])
+        m.executor(self.node.pipeline.s.executor, self.node.pipeline.executor)  # thread-safe: executors lock their counts
         try:
             m.free.set(self.node.store.free_bytes())
         except OSError:
@@ -294,6 +295,8 @@ class Monitor:
                 thumb = (f"<img class=\"thumb\" src=\"/thumbnail/{e(uid)}\" alt=\"thumbnail of {e(uid)}\" "
                          f"style=\"max-width:{THUMBNAIL_PX}px;max-height:{THUMBNAIL_PX}px\">")
                 detail.append(f"<p class=\"output\">{e(Path(s['output']).name)}</p>")
+            if s.get("worker"):
+                detail.append(f"<p class=\"worker\">converted on {e(s['worker'])}</p>")
             received = "" if s["instances"] is None else str(s["instances"])
             last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["updated"])) if s["updated"] else ""
             rows.append(
@@ -302,6 +305,7 @@ class Monitor:
                 f"<td class=\"instances\">{e(received)}</td><td>{levels}</td><td>{e(last)}</td><td>{e(timings)}</td>"
                 f"<td>{''.join(detail)}</td><td>{thumb}</td></tr>")
         counts = " &middot; ".join(f"{e(k)}: {v}" for k, v in snap["counts"].items())
+        executor = e(executor_line(node.pipeline.s.executor, node.pipeline.executor))
         body = "\n".join(rows) or "<tr><td colspan=\"9\">no series yet</td></tr>"
         return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -318,6 +322,7 @@ td, th {{ border: 1px solid #ccc; padding: .3em .5em; vertical-align: top; font-
 <p id="identity">AE title <b>{e(node.s.dimse.ae_title)}</b> &middot; DICOM port <b>{e(str(node.dimse.port))}</b>
 &middot; HTTP port <b>{e(str(http_port))}</b> &middot; version <b>{e(self.version)}</b></p>
 <p id="counts">{counts} &middot; conversions running or queued: {snap['jobs']}</p>
+<p id="executor">{executor}</p>
 <table id="series"><thead><tr><th>Series Instance UID</th><th>state</th><th>sender</th><th>instances</th>
 <th>levels: frames received / expected</th><th>last activity</th><th>timings</th><th>details</th><th>thumbnail</th></tr></thead>
 <tbody>

@@ -165,7 +165,7 @@ class DaskExecutor(Executor):
     """At most `max_workers` tasks on the cluster of `client` at once; see the module docstring."""
 
     def __init__(self, client: Any, max_workers: int, own_client: bool = True, serving: Path | None = None,
-                 resources: bool = False, sweep_interval: float = 10.0) -> None:
+                 resources: float = 0.0, sweep_interval: float = 10.0) -> None:
         self.client = client
         self.max_workers = max(1, max_workers)
         self._own_client = own_client
@@ -175,7 +175,7 @@ class DaskExecutor(Executor):
         self._settling: set[str] = set()
         self._shutdown = False
         self.resources = resources
-        """Submit with resources={"memory": budget} (the workers declared a `memory` resource)."""
+        """The largest `memory` resource a worker declared (0: none): tasks ask for min(their budget, it)."""
         self.finished: collections.Counter[str] = collections.Counter()
         """Outcomes since the start: ok, failed (an exception: died, lost, not visible), cancelled."""
         self._worker_of: weakref.WeakKeyDictionary[Future, str] = weakref.WeakKeyDictionary()
@@ -282,7 +282,8 @@ class DaskExecutor(Executor):
                 args = task.args
                 if self.staging is not None:
                     args, task.final = self.staging.rewrite(key, task.fn, args)
-                extra = {"resources": {"memory": task.fn.limit}} if self.resources and isinstance(task.fn, MemoryBudget) else {}
+                extra = ({"resources": {"memory": min(task.fn.limit, self.resources)}}  # more would wait forever
+                         if self.resources and isinstance(task.fn, MemoryBudget) else {})
                 try:
                     staged = str(self.staging.folder(key)) if task.final is not None else None
                     dfut = self.client.submit(_OnWorker(task.fn, staged), *args, key=key, pure=False, retries=0, **extra)

@@ -6,7 +6,7 @@ node connects to the scheduler, waits for a worker, sets allowed-failures to 0 o
 asks every worker to read them at the same paths (docs/scale-out.md, the shared-path contract), and
 decides whether to annotate tasks with a `memory` resource: only when every connected worker
 declares one (`dask worker --resources memory=4e9`), since a task asking for a resource no worker
-has would wait forever.
+has would wait forever; for the same reason a task never asks for more than the largest declared value.
 """
 
 from __future__ import annotations
@@ -110,9 +110,10 @@ def make_dask_executor(max_workers: int, readable: Iterable[Path], writable: Ite
     return DaskExecutor(client, max_workers, serving=serving, resources=resources)
 
 
-def workers_declare_memory(workers: dict[str, Any]) -> bool:
-    """True when every worker (scheduler_info()["workers"]) declares a `memory` resource."""
-    return bool(workers) and all("memory" in (w.get("resources") or {}) for w in workers.values())
+def workers_declare_memory(workers: dict[str, Any]) -> float:
+    """The largest `memory` resource when every worker (scheduler_info()["workers"]) declares one, else 0."""
+    declared = [(w.get("resources") or {}).get("memory") for w in workers.values()]
+    return float(max(declared)) if declared and all(d is not None for d in declared) else 0.0
 
 
 def _set_allowed_failures(value: int, dask_scheduler: Any = None) -> int:

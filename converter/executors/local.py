@@ -29,6 +29,7 @@ import resource
 import signal
 import threading
 import time
+import weakref
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -147,6 +148,9 @@ class IsolatedProcessExecutor(Executor):
         """Tasks whose process died, since the start."""
         self.on_death: Callable[[WorkerDied], None] | None = None
         """Called (on the supervisor thread) for each death, e.g. to count it."""
+        self.finished: collections.Counter[str] = collections.Counter()
+        """Finished tasks since the start: ok (a result), failed (an exception, a death)."""
+        self._worker_of: weakref.WeakKeyDictionary[Future, str] = weakref.WeakKeyDictionary()
         self._thread = threading.Thread(target=self._supervise, name="wsi-node-executor", daemon=True)
         self._thread.start()
 
@@ -157,8 +161,14 @@ class IsolatedProcessExecutor(Executor):
             if self._shutdown:
                 raise RuntimeError("cannot submit a conversion: the executor was shut down")
             self._queue.append(_Task(future, fn, args, kwargs))
+        future.add_done_callback(self._count)
         self._poke()
         return future
+
+    def _count(self, future: Future) -> None:
+        if not future.cancelled():
+            with self._lock:
+                self.finished["ok" if future.exception() is None else "failed"] += 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -180,6 +190,18 @@ class IsolatedProcessExecutor(Executor):
         """The process id running the task of `future`, while it runs (for operators and tests)."""
         with self._lock:
             return next((r.process.pid for r in self._running.values() if r.task.future is future and not r.done), None)
+
+    def stats(self) -> dict[str, int]:
+        """Tasks queued, running, finished ok or failed, and deaths since the start (for /metrics)."""
+        with self._lock:
+            return {"queued": len(self._queue), "running": len(self._running), "ok": self.finished["ok"],
+                    "failed": self.finished["failed"], "worker_deaths": self.deaths,
+                    "by_worker": {"local": self.finished["ok"]} if self.finished["ok"] else {}}
+
+    def worker_of(self, future: Future) -> str | None:
+        """Which process ran the task of `future` ("local pid N"), once it started."""
+        with self._lock:
+            return self._worker_of.get(future)
 
     def health(self) -> tuple[bool, str]:
         """(True, summary) when tasks can run; (False, why) when no process can be started."""
@@ -230,6 +252,7 @@ class IsolatedProcessExecutor(Executor):
                 process.kill()
             send.close()
             with self._lock:
+                self._worker_of[task.future] = f"local pid {process.pid}"
                 self._running[receive.fileno()] = _Running(task, process, receive)
                 if self._unavailable:
                     log.info("conversion processes start again")

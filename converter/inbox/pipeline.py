@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from converter.inbox.tracker import Tracker
 
 log = logging.getLogger("wsi_node.batch")
+RAN_ON_KEPT = 1000
+"""How many jobs the pipeline remembers the worker of (the status page shows the recent ones)."""
 
 @dataclass
 class PassSummary:
@@ -101,6 +103,8 @@ class InboxPipeline:
         """Backoff, space problems and fault counts (converter.inbox.retries)."""
         self.results = Results(settings, self.store, tracker, self.retries)
         self._waiting_logged: set[str] = set()
+        self.ran_on: dict[str, str] = {}
+        """Job key -> the worker that ran its last conversion (executor.worker_of), the latest RAN_ON_KEPT."""
 
     # --- start-up ---------------------------------------------------------------------------
     def recover(self) -> None:
@@ -130,12 +134,14 @@ class InboxPipeline:
         instances already received are in the inbox, so the tracker learns them again from there and a
         half-received slide completes when its last instance arrives, not after the quiet period."""
         count = 0
+        pending: set[str] = set()
         for entry in walk_inbox(Path(self.s.inbox)):
             row = classify(entry)
             if row.kind != "dicom" or row.header is None:
                 continue
             self.store.put_file(row.rel, row.location, row.size, row.mtime_ns, row.kind, row.series_uid, row.header, row.reason)
             self.tracker.on_instance(row.header, None, "inbox", entry.mtime_ns / 1e9)
+            pending.add(row.series_uid)
             count += 1
         archived = 0
         archive = Path(self.s.archive)
@@ -147,6 +153,10 @@ class InboxPipeline:
                 # A re-opened series converts from its archived originals too (InboxPipeline._instances).
                 self.store.put_file(f"archive:{row.rel}", row.location, row.size, row.mtime_ns, "dicom",
                                     row.series_uid, row.header, None, state="archived")
+                if row.series_uid in pending:
+                    # A series re-opened by instances in the inbox: its archived levels count for completeness
+                    # (a level 0 published earlier is not "missing"); series only in the archive stay untracked.
+                    self.tracker.on_instance(row.header, None, "archive", entry.mtime_ns / 1e9)
                 archived += 1
         if count or archived:
             log.warning("the state database %s started empty; %d instance(s) in the inbox and %d in the archive were read "
@@ -331,6 +341,13 @@ class InboxPipeline:
             result = job.future.result()
         except Exception as exc:  # the worker died (a codec crash, out of memory) or the executor failed
             result = exc
+        worker_of = getattr(self.executor, "worker_of", None)
+        worker = worker_of(job.future) if worker_of is not None else None
+        if worker:
+            self.ran_on.pop(job.key, None)
+            self.ran_on[job.key] = worker
+            while len(self.ran_on) > RAN_ON_KEPT:
+                del self.ran_on[next(iter(self.ran_on))]
         if self.on_job_finished is not None:
             try:
                 self.on_job_finished(job.kind, result, time.monotonic() - job.started)
