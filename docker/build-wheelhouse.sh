@@ -13,5 +13,6 @@ if ! "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11)'; then
     exit 2
 fi
 mkdir -p "$out"
-"$PY" -m pip wheel --wheel-dir "$out" "$repo"
+# With the dask extra: the image runs the node and, in compose's `dask` profile, the scheduler and workers.
+"$PY" -m pip wheel --wheel-dir "$out" "$repo[dask]"
 echo "wheelhouse ready: $out ($(ls "$out" | wc -l) files)"
