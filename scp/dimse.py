@@ -154,8 +154,8 @@ class DimseReceiver:
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_RELEASED, self._handle_closed),
-            (evt.EVT_ABORTED, self._handle_closed),
-            (evt.EVT_CONN_CLOSE, self._handle_closed),
+            (evt.EVT_ABORTED, self._handle_aborted),
+            (evt.EVT_CONN_CLOSE, self._handle_aborted),  # after EVT_RELEASED a no-op; alone: the peer vanished
         ]
         ae = self._make_ae()
         self.server = ae.start_server(
@@ -225,12 +225,15 @@ class DimseReceiver:
                     a.requestor.ae_title, a.requestor.address, getattr(rj, "result", "?"), source, diag, why)
         self.events.refused("dimse", key)
 
-    def _handle_closed(self, event) -> None:
+    def _handle_closed(self, event, released: bool = True) -> None:
         removed = self.incoming.release(event.assoc)
         if removed:
             log.warning("association from %s ended in the middle of an instance: its partial transfer was removed",
                         self._peer(event))
-        self.events.on_closed(self._key(event))
+        self.events.on_closed(self._key(event), released)
+
+    def _handle_aborted(self, event) -> None:
+        self._handle_closed(event, released=False)
 
     def _handle_echo(self, event) -> int:
         log.info("C-ECHO from %s at %s", event.assoc.requestor.ae_title, event.assoc.requestor.address)

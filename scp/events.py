@@ -18,7 +18,7 @@ def _ignore_stored(result: StoreResult, association: str) -> None:
     pass
 
 
-def _ignore_closed(association: str) -> None:
+def _ignore_closed(association: str, released: bool = True) -> None:
     pass
 
 
@@ -30,8 +30,10 @@ def _ignore_refused(protocol: str, reason: str) -> None:
 class ReceiverEvents:
     on_stored: Callable[[StoreResult, str], None] = _ignore_stored
     """`on_stored(result, association)`: a successful store (stored, duplicate or replaced)."""
-    on_closed: Callable[[str], None] = _ignore_closed
-    """`on_closed(association)`: the association or request is over; the series may settle."""
+    on_closed: Callable[..., None] = _ignore_closed
+    """`on_closed(association, released=True)`: the association or request is over; the series may settle.
+    released=False: it was aborted or its connection dropped, which says nothing about the slide being whole
+    (the association-end completion rule only counts released associations)."""
     refused: Callable[[str, str], None] = _ignore_refused
     """`refused(protocol, reason)`: an instance or request was refused ("dimse"/"stow"; a short reason
     key such as "no-space", "too-large", "invalid", "error", "limit"), for the /metrics refusal counter."""

@@ -126,8 +126,8 @@ class Node:
             size = 0
         self.metrics.stored(protocol, association, size)
 
-    def _closed(self, association: str) -> None:
-        self.events.put(("closed", association))
+    def _closed(self, association: str, released: bool = True) -> None:
+        self.events.put(("closed", association, released))
         self.wake.set()
 
     def query(self, fn: Callable[["Node"], Any], timeout: float = 5.0) -> Any:
@@ -161,7 +161,7 @@ class Node:
                 self.tracker.on_instance(result.instance, association, sender, when)
                 self.pipeline.register_received(result.instance)
         elif event[0] == "closed":
-            self.tracker.on_association_closed(event[1])
+            self.tracker.on_association_closed(event[1], released=event[2])
         elif event[0] == "committed":  # a storage commitment covered these instances: the sender's completion signal
             for uid, sops in event[1].items():
                 self.tracker.on_commitment(uid, sops, event[2])

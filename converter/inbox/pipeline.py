@@ -233,6 +233,13 @@ class InboxPipeline:
         st = path.stat()
         rel = path.relative_to(Path(self.s.inbox)).as_posix()
         self.store.put_file(rel, str(path), st.st_size, st.st_mtime_ns, "dicom", instance.series_uid, instance)
+        tracked = self.tracker.series.get(instance.series_uid) if self.tracker is not None else None
+        if tracked is not None and len(tracked.facts) == 1:
+            # The first instance the tracker has of this series: if it re-opens a published series whose
+            # tracker row is gone (a rebuilt state), its archived instances still count for completeness.
+            for row in self.store.series_files(instance.series_uid):
+                if row.state == "archived" and row.kind == "dicom":
+                    self.tracker.on_instance(StateStore.header(row), None, "archive", row.mtime_ns / 1e9)
 
     def _instances(self, uid: str, rels: set[str]) -> tuple[list[WsiInstance], list[WsiInstance]]:
         """Cached headers of the series: (the given inbox files, the archived ones), with current paths."""

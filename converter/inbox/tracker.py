@@ -47,7 +47,7 @@ class Tracked:
     status: str = "receiving"
     open_associations: set[str] = field(default_factory=set)
     associations_ended: int = 0
-    """Associations that delivered instances of it and ended (in memory; a restart counts the senders' as ended)."""
+    """Associations that delivered instances of it and were released (in memory; 0 after a restart)."""
     committed_at: float | None = None
     """A storage commitment request covered every instance received (in memory: the sender's signal)."""
     decided_by: str = ""
@@ -70,7 +70,9 @@ class Tracker:
         self.series: dict[str, Tracked] = {}
         for uid, study, facts, senders, first, last, converted, status in self.db.execute("SELECT * FROM tracked_series"):
             t = Tracked(uid, study, pickle.loads(facts), set(json.loads(senders)), first, last, converted, status)
-            t.associations_ended = 1 if t.senders else 0  # whatever delivered it before the restart has ended
+            # Whatever delivered it before the restart is gone, but whether it was released or cut off by
+            # the crash is not known: the association-end rule waits for a new association (or the quiet period).
+            t.associations_ended = 0
             self.series[uid] = t
         self.prune()
 
@@ -115,11 +117,12 @@ class Tracker:
         _, study, facts, senders, first, last, converted, status = row
         return Tracked(uid, study, pickle.loads(facts), set(json.loads(senders)), first, last, converted, status)
 
-    def on_association_closed(self, association: str) -> None:
+    def on_association_closed(self, association: str, released: bool = True) -> None:
+        """released=False (aborted, connection lost): no longer open, but not a sign that the slide is whole."""
         for t in self.series.values():
             if association in t.open_associations:
                 t.open_associations.discard(association)
-                t.associations_ended += 1
+                t.associations_ended += 1 if released else 0
 
     def on_commitment(self, uid: str, sops: frozenset[str] | set[str], when: float) -> bool:
         """A storage commitment request committed `sops` of series `uid`; if they cover every instance the node
