@@ -12,13 +12,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from pynetdicom import AE
+
 from converter.testkit import SlideSpec
 from tests.faults.audit import node_answers
-from tests.faults.harness import c_store, multipart, readyz, stow
+from tests.faults.harness import WSI_STORAGE, c_store, multipart, readyz, stow
 
 BIG = SlideSpec(width=5888, height=6000, seed=701, transfer_syntax="explicit", downsamples=(1, 4, 16))
 SMALL = SlideSpec(width=1024, height=768, seed=702, downsamples=(1, 4))
@@ -81,4 +84,29 @@ def test_below_the_reserve_then_recovery(small_fs, node_process, series_factory)
     assert [o.status for o in outcomes] == [0, 0], outcomes
     node.wait_published(small[3], small[4], timeout=60)
     assert readyz(node.url)[0] == 200
+    node_answers(node)
+
+
+MID = SlideSpec(width=2048, height=2048, seed=703, transfer_syntax="explicit", downsamples=(1, 4, 16))
+
+def test_disk_fills_while_converting_nothing_partial_then_published(small_fs, node_process, series_factory):
+    mid = series_factory(MID)
+    node = node_process("--mode", "reencode", data=small_fs / "data", disk_reserve_mb=20)
+    ae = AE(ae_title="HOLDER")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(WSI_STORAGE, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="WSINODE")
+    assert assoc.is_established
+    assert [int(assoc.send_c_store(f).Status) for f in mid[1]] == [0] * len(mid[1])
+    filler = fill(small_fs, 0.2)  # the slide is in; its conversion will find no room in serving
+    assoc.release()  # the slide is complete: the conversion starts
+    time.sleep(6)
+    serving = node.folder("serving")
+    assert node.published(mid[3]) is None
+    assert [p.name for p in serving.iterdir()] == [], list(serving.iterdir())  # nothing partial
+    assert not any(node.folder("quarantine").rglob("*.dcm")), "the slide was quarantined for a full disk"
+    status, body = readyz(node.url)
+    assert status == 503 and "disk_space" in body["failing"], body
+    filler.unlink()
+    node.wait_published(mid[3], mid[4], timeout=90)
     node_answers(node)
