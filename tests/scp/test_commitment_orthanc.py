@@ -8,81 +8,43 @@ option). Every wait is bounded.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 import time
-from pathlib import Path
-
-import pytest
-import requests
 
 from converter.testkit import SlideSpec, series_uids, write_series
 from scp.commitment.peers import Peer
 from scp.commitment.service import CommitmentSettings
 from tests.support.node import RunningNode, free_port
-
-ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-NO_PROXY_ENV = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+from tests.support.orthanc import running_orthanc
 
 
 def test_orthanc_requests_storage_commitment_and_reads_the_result(tmp_path):
-    if not Path(ORTHANC).exists():
-        pytest.skip("Orthanc is not installed (apt-get install orthanc)")
     http_port, dicom_port = free_port(), free_port()
     n = RunningNode(tmp_path, commitment=CommitmentSettings(peers={"ORTHANC": Peer("ORTHANC", "127.0.0.1", dicom_port)}))
-    config = {
-        "Name": "wsi-node-commitment-test", "StorageDirectory": str(tmp_path / "orthanc"), "IndexDirectory": str(tmp_path / "orthanc"),
-        "HttpPort": http_port, "DicomPort": dicom_port, "DicomServerEnabled": True, "DicomAet": "ORTHANC",
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpCompressionEnabled": False, "Plugins": [],
-        "DicomModalities": {"wsinode": ["WSINODE", "127.0.0.1", n.port]},
-    }
-    (tmp_path / "orthanc.json").write_text(json.dumps(config))
-    log = open(tmp_path / "orthanc.log", "w")
-    proc = subprocess.Popen([ORTHANC, str(tmp_path / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, env=NO_PROXY_ENV)
-    session = requests.Session()
-    session.trust_env = False
-    base = f"http://127.0.0.1:{http_port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if session.get(f"{base}/system", timeout=2).ok:
+        with running_orthanc(tmp_path, http_port, Name="wsi-node-commitment-test", DicomPort=dicom_port, DicomServerEnabled=True,
+                             DicomAet="ORTHANC", DicomModalities={"wsinode": ["WSINODE", "127.0.0.1", n.port]}) as (session, base):
+            # A factor-4 pyramid whose smallest level is above 1024 px: the commitment (or the association end) completes it.
+            spec = SlideSpec(width=4400, height=3000, tile_size=256, downsamples=(1, 4), seed=1203)
+            files = write_series(spec, tmp_path / "src")
+            series = {session.post(f"{base}/instances", data=f.read_bytes(), timeout=30).json()["ParentSeries"] for f in files}
+            assert len(series) == 1
+            r = session.post(f"{base}/modalities/wsinode/store",
+                             json={"Resources": list(series), "Synchronous": True, "StorageCommitment": True}, timeout=60)
+            assert r.status_code == 200, r.text + (tmp_path / "orthanc.log").read_text()
+            answer = r.json()
+            tuid = answer.get("StorageCommitmentTransactionUID")
+            assert tuid, answer
+            deadline = time.monotonic() + 30
+            while True:
+                result = session.get(f"{base}/storage-commitment/{tuid}", timeout=10).json()
+                if result.get("Status") != "Pending":
                     break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "orthanc.log").read_text()
-            time.sleep(0.1)
-        # A factor-4 pyramid whose smallest level is above 1024 px: the commitment (or the association end) completes it.
-        spec = SlideSpec(width=4400, height=3000, tile_size=256, downsamples=(1, 4), seed=1203)
-        files = write_series(spec, tmp_path / "src")
-        series = {session.post(f"{base}/instances", data=f.read_bytes(), timeout=30).json()["ParentSeries"] for f in files}
-        assert len(series) == 1
-        r = session.post(f"{base}/modalities/wsinode/store",
-                         json={"Resources": list(series), "Synchronous": True, "StorageCommitment": True}, timeout=60)
-        assert r.status_code == 200, r.text + (tmp_path / "orthanc.log").read_text()
-        answer = r.json()
-        tuid = answer.get("StorageCommitmentTransactionUID")
-        assert tuid, answer
-        deadline = time.monotonic() + 30
-        while True:
-            result = session.get(f"{base}/storage-commitment/{tuid}", timeout=10).json()
-            if result.get("Status") != "Pending":
-                break
-            assert time.monotonic() < deadline, result
-            time.sleep(0.2)
-        assert result["Status"] == "Success", (result, (tmp_path / "orthanc.log").read_text()[-3000:])
-        assert len(result.get("Success", [])) == len(files) and not result.get("Failures"), result
-        _, uid = series_uids(spec)
-        n.output(uid, timeout=20)
-        assert n.node.commitment.counts["delivered-new"] == 1, n.node.commitment.counts
+                assert time.monotonic() < deadline, result
+                time.sleep(0.2)
+            assert result["Status"] == "Success", (result, (tmp_path / "orthanc.log").read_text()[-3000:])
+            assert len(result.get("Success", [])) == len(files) and not result.get("Failures"), result
+            _, uid = series_uids(spec)
+            n.output(uid, timeout=20)
+            assert n.node.commitment.counts["delivered-new"] == 1, n.node.commitment.counts
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
         n.stop()

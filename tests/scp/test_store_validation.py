@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import re
 import shutil
-import struct
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom import config as pydicom_config
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 
 from converter.testkit import SlideSpec, write_series
 from scp.storage import STATUS_CODES, StoreResult, code_class, dimse_status, stow_failure_reason
 from scp.dimse import WSI_STORAGE
+from tests.support.mutate import before_pixels, edit, raw_element, setattr_
 from tests.support.node import STORESCU, RunningNode, assert_published, pynetdicom_send
 
 BASE = SlideSpec(width=600, height=500, tile_size=256, downsamples=(1,), seed=41)
@@ -47,47 +45,8 @@ def bases(tmp_path_factory) -> dict[str, Path]:
     return {name: write_series(spec, root / name)[0] for name, spec in (("jpeg", BASE), ("native", NATIVE), ("sparse", SPARSE))}
 
 
-def edit(fn: Callable[[pydicom.Dataset], None]) -> Callable[[Path], None]:
-    def mutate(path: Path) -> None:
-        ds = pydicom.dcmread(path)
-        old = pydicom_config.settings.writing_validation_mode
-        pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
-        try:
-            fn(ds)
-            ds.save_as(path, enforce_file_format=False, implicit_vr=False, little_endian=True)
-        finally:
-            pydicom_config.settings.writing_validation_mode = old
-
-    return mutate
-
-
-def set_(keyword: str, value) -> Callable[[Path], None]:
-    return edit(lambda ds: setattr(ds, keyword, value))
-
-
-def raw_element(tag: int, vr: str, value: str) -> Callable[[Path], None]:
-    def mutate(path: Path) -> None:
-        raw = path.read_bytes()
-        at = raw.index(struct.pack("<HH", tag >> 16, tag & 0xFFFF), 132)
-        (length,) = struct.unpack_from("<H", raw, at + 6)
-        data = value.encode() + (b" " if len(value) % 2 else b"")
-        path.write_bytes(raw[:at] + struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode() + struct.pack("<H", len(data))
-                         + data + raw[at + 8 + length:])
-
-    return mutate
-
-
 def cut(n: int) -> Callable[[Path], None]:
     return lambda path: path.write_bytes(path.read_bytes()[:-n])
-
-
-def before_pixels(blob: bytes) -> Callable[[Path], None]:
-    def mutate(path: Path) -> None:
-        raw = path.read_bytes()
-        at = raw.index(b"\xe0\x7f\x10\x00OB")
-        path.write_bytes(raw[:at] + blob + raw[at:])
-
-    return mutate
 
 
 # (id, base, mutation, DIMSE status, ErrorComment)
@@ -96,11 +55,11 @@ CASES = [
     ("frames-zero", "jpeg", raw_element(0x00280008, "IS", "0"), 0xA900, "NumberOfFrames 0 must be >= 1"),
     ("frames-abc", "jpeg", raw_element(0x00280008, "IS", "abc"), 0xC000, "NumberOfFrames 'abc' is not an integer"),
     ("rows-vr-lo", "jpeg", raw_element(0x00280010, "LO", "256"), 0xC000, "Rows has VR LO, not US"),
-    ("matrix-columns-1e9", "jpeg", set_("TotalPixelMatrixColumns", 10**9), 0xA700, "1000000000 px wide needs 5859663 MB > 4096 MB"),
-    ("matrix-columns-zero", "jpeg", set_("TotalPixelMatrixColumns", 0), 0xA900, "TotalPixelMatrixColumns 0 must be >= 1"),
-    ("matrix-rows-zero", "jpeg", set_("TotalPixelMatrixRows", 0), 0xA900, "TotalPixelMatrixRows 0 must be >= 1"),
-    ("matrix-larger-than-frames", "jpeg", set_("TotalPixelMatrixColumns", 2000), 0xA900, "NumberOfFrames 6 but the grid has 16 tiles"),
-    ("samples-4", "jpeg", set_("SamplesPerPixel", 4), 0xA900, "SamplesPerPixel 4 not supported (1 or 3)"),
+    ("matrix-columns-1e9", "jpeg", setattr_("TotalPixelMatrixColumns", 10**9), 0xA700, "1000000000 px wide needs 5859663 MB > 4096 MB"),
+    ("matrix-columns-zero", "jpeg", setattr_("TotalPixelMatrixColumns", 0), 0xA900, "TotalPixelMatrixColumns 0 must be >= 1"),
+    ("matrix-rows-zero", "jpeg", setattr_("TotalPixelMatrixRows", 0), 0xA900, "TotalPixelMatrixRows 0 must be >= 1"),
+    ("matrix-larger-than-frames", "jpeg", setattr_("TotalPixelMatrixColumns", 2000), 0xA900, "NumberOfFrames 6 but the grid has 16 tiles"),
+    ("samples-4", "jpeg", setattr_("SamplesPerPixel", 4), 0xA900, "SamplesPerPixel 4 not supported (1 or 3)"),
     ("no-pixel-data", "jpeg", edit(lambda ds: delattr(ds, "PixelData")), 0xA900, "no PixelData"),
     ("truncated-in-fragment", "jpeg", cut(200), 0xC000, "truncated: fragment 6 runs past the end"),
     ("truncated-no-delimiter", "jpeg", cut(8), 0xC000, "truncated: the pixel data has no end delimiter"),
@@ -153,8 +112,8 @@ def test_mutation_over_c_store_gets_the_exact_status(case, node, bases, tmp_path
 
 @pytest.mark.parametrize("name, mutate, expect, comment", [
     ("frames-negative", raw_element(0x00280008, "IS", "-5"), "0xa900", "NumberOfFrames -5 must be >= 1"),
-    ("matrix-columns-1e9", set_("TotalPixelMatrixColumns", 10**9), "0xa700", "1000000000 px wide needs 5859663 MB > 4096 MB"),
-    ("matrix-rows-zero", set_("TotalPixelMatrixRows", 0), "0xa900", "TotalPixelMatrixRows 0 must be >= 1"),
+    ("matrix-columns-1e9", setattr_("TotalPixelMatrixColumns", 10**9), "0xa700", "1000000000 px wide needs 5859663 MB > 4096 MB"),
+    ("matrix-rows-zero", setattr_("TotalPixelMatrixRows", 0), "0xa900", "TotalPixelMatrixRows 0 must be >= 1"),
 ])
 def test_mutation_over_dcmtk_storescu(name, mutate, expect, comment, node, bases, tmp_path):
     if not Path(STORESCU).exists():

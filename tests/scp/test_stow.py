@@ -19,10 +19,10 @@ import requests
 from dicomweb_client import DICOMwebClient
 
 from converter.testkit import SlideSpec, series_uids, write_non_wsi, write_series
+from tests.support.orthanc import DICOMWEB_PLUGIN, running_orthanc
 from tests.support.node import BOUNDARY, CONTENT_TYPE, RunningNode, assert_published, free_port, make_pki, multipart
 
 REFERENCED, FAILED, REASON, SOP_UID = "00081199", "00081198", "00081197", "00081155"
-NO_PROXY_ENV = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
 
 
 def curl(url: str, body: Path, content_type: str = CONTENT_TYPE, chunked: bool = False, extra: tuple[str, ...] = ()) -> tuple[int, str]:
@@ -276,58 +276,25 @@ def test_https_with_a_certificate(tmp_path):
 
 # --- Orthanc's DICOMweb plugin as the sender ----------------------------------------------------
 
-ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-ORTHANC_PLUGIN = next((p for p in ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so")
-                       if Path(p).exists()), None)
-
-
 def test_orthanc_pushes_a_stored_series_with_stow(tmp_path, caplog):
-    if not Path(ORTHANC).exists() or ORTHANC_PLUGIN is None:
-        pytest.skip("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
+    if DICOMWEB_PLUGIN is None:
+        pytest.skip("Orthanc's DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
     caplog.set_level("INFO", logger="wsi_node.stow")
     n = RunningNode(tmp_path, http={"tokens": ("orthanc-token",)})
-    port = free_port()
-    config = {
-        "Name": "wsi-node-test", "StorageDirectory": str(tmp_path / "orthanc"), "IndexDirectory": str(tmp_path / "orthanc"),
-        "HttpPort": port, "DicomPort": free_port(), "DicomServerEnabled": False,
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpCompressionEnabled": False,
-        "Plugins": [ORTHANC_PLUGIN],
-        "DicomWeb": {"Enable": True, "Servers": {"wsinode": {
-            "Url": f"{n.http_url}/", "HttpHeaders": {"Authorization": "Bearer orthanc-token"}}}},
-    }
-    (tmp_path / "orthanc.json").write_text(json.dumps(config))
-    log = open(tmp_path / "orthanc.log", "w")
-    proc = subprocess.Popen([ORTHANC, str(tmp_path / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, env=NO_PROXY_ENV)
-    session = requests.Session()
-    session.trust_env = False
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if session.get(f"{base}/system", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "orthanc.log").read_text()
-            time.sleep(0.1)
-        spec = SlideSpec(width=1500, height=1100, seed=401, label=True)
-        files = write_series(spec, tmp_path / "src")
-        series = {session.post(f"{base}/instances", data=f.read_bytes(), timeout=30).json()["ParentSeries"] for f in files}
-        assert len(series) == 1
-        r = session.post(f"{base}/dicom-web/servers/wsinode/stow", json={"Resources": list(series), "Synchronous": True}, timeout=60)
-        assert r.status_code == 200, r.text + (tmp_path / "orthanc.log").read_text()
-        assert_published(n, spec, files)
-        summaries = [rec.getMessage() for rec in caplog.records if "instance(s) stored" in rec.getMessage()]
-        assert summaries and f"{len(files)} instance(s) stored, 0 failed (HTTP 200" in summaries[-1], summaries
+        with running_orthanc(tmp_path, free_port(), DicomPort=free_port(), DicomServerEnabled=False, Plugins=[DICOMWEB_PLUGIN],
+                             DicomWeb={"Enable": True, "Servers": {"wsinode": {
+                                 "Url": f"{n.http_url}/", "HttpHeaders": {"Authorization": "Bearer orthanc-token"}}}}) as (session, base):
+            spec = SlideSpec(width=1500, height=1100, seed=401, label=True)
+            files = write_series(spec, tmp_path / "src")
+            series = {session.post(f"{base}/instances", data=f.read_bytes(), timeout=30).json()["ParentSeries"] for f in files}
+            assert len(series) == 1
+            r = session.post(f"{base}/dicom-web/servers/wsinode/stow", json={"Resources": list(series), "Synchronous": True}, timeout=60)
+            assert r.status_code == 200, r.text + (tmp_path / "orthanc.log").read_text()
+            assert_published(n, spec, files)
+            summaries = [rec.getMessage() for rec in caplog.records if "instance(s) stored" in rec.getMessage()]
+            assert summaries and f"{len(files)} instance(s) stored, 0 failed (HTTP 200" in summaries[-1], summaries
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
         n.stop()
 
 
