@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 
 import pytest
 
 from converter.durable import atomic_write_bytes, durable_move
+from tests.support.node import tmpfs
 
 
 @pytest.fixture
 def tiny_fs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a 1 MB tmpfs (run the suite as root, as CI does)")
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "tiny", 1) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_atomic_write_on_a_full_disk_leaves_nothing(tiny_fs):

@@ -21,6 +21,7 @@ from pynetdicom import AE
 
 from converter.testkit import SlideSpec
 from tests.faults.audit import node_answers
+from tests.support.node import tmpfs
 from tests.faults.harness import WSI_STORAGE, c_store, multipart, readyz, stow
 
 BIG = SlideSpec(width=5888, height=6000, seed=701, transfer_syntax="explicit", downsamples=(1, 4, 16))
@@ -29,15 +30,8 @@ SMALL = SlideSpec(width=1024, height=768, seed=702, downsamples=(1, 4))
 
 @pytest.fixture
 def small_fs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("disk-full cases need root to mount a 60 MB tmpfs (run as root, as .ci/run does)")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with tmpfs(tmp_path / "small", 60) as mnt:
+        yield mnt
 
 
 def fill(mnt: Path, leave_mb: float) -> Path:
