@@ -39,7 +39,7 @@ from converter.conversion.convert import convert_series, plan_series
 from converter.executors.local import MemoryBudget, conversion_budget
 from converter.source.discover import safe_name
 from converter.source.instance import WsiInstance
-from converter.inbox.moves import quarantine_file, unique_path
+from converter.inbox.moves import quarantine_file, quarantine_series, unique_path
 from converter.inbox.outputs import sidecar_matches, sop_fingerprint, target_for, unique_by_sop
 from converter.inbox.resends import resent_copies
 from converter.inbox.results import Job, Results, series_instances
@@ -197,6 +197,17 @@ class InboxPipeline:
                 self.retries.fault("error")
                 delay = self.retries.defer(f"file:{row.rel}")
                 log.exception("%s could not be handled; retrying in %g s", row.rel, delay)
+        spoiled = {row.series_uid: row for row in rows if row.kind == "rejected" and row.series_uid in by_series}
+        for uid, bad in spoiled.items():
+            # A dropped series with an unreadable member: converting the rest would publish a smaller slide
+            # that looks whole. Everything of it goes to quarantine together, with the reason.
+            members = by_series.pop(uid)
+            reason = (f"an instance file of this series was rejected ({bad.reason}); the other {len(members)} file(s) are "
+                      f"kept with it so that no incomplete slide is published. Fix: replace that file and drop the series again.")
+            log.error("series %s: %s", uid, reason)
+            quarantine_series(uid, members, reason, Path(self.s.quarantine), self.store)
+            self.results.failures += 1
+            summary.quarantined += len(members)
         units_of: dict[str, set[str]] = defaultdict(set)
         for row in rows:
             if row.kind == "dicom":

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from converter.errors import InputError
+from converter.errors import InputError, InstanceRefused
 from converter.inbox import naming
 from converter.inbox.passthrough import passthrough_suffix
 from converter.inbox.state import FileRow, StateStore
+from converter.source.discover import claimed_series
 from converter.source.instance import read_instance
 
 if TYPE_CHECKING:
@@ -98,7 +99,11 @@ def classify(e: Entry) -> FileRow:
         try:
             inst = read_instance(e.path)
         except InputError as exc:
-            return FileRow(e.rel, str(e.path), e.size, e.mtime_ns, "rejected", None, None, str(exc), "pending")
+            # A WSI instance that cannot be used (truncated, invalid): the series it claims to belong to
+            # must not be converted from the rest as if it were whole (InboxPipeline.run_pass). Other SOP
+            # classes in the folder (a CT, an annotation) are no part of the slide and claim nothing.
+            claimed = claimed_series(e.path) if isinstance(exc, InstanceRefused) else None
+            return FileRow(e.rel, str(e.path), e.size, e.mtime_ns, "rejected", claimed, None, str(exc), "pending")
         return FileRow(e.rel, str(e.path), e.size, e.mtime_ns, "dicom", inst.series_uid, inst, None, "pending")
     reason = f"{e.path}: not DICOM and not a known slide format (.svs .ndpi .mrxs .scn .czi .tif .tiff .ome.tif)."
     return FileRow(e.rel, str(e.path), e.size, e.mtime_ns, "rejected", None, None, reason + " Fix: remove it from the inbox.", "pending")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from converter.errors import InputError
+from converter.errors import InputError, InstanceRefused
 from converter.inbox import naming
 from converter.source.instance import WsiInstance, read_instance
 
@@ -56,7 +56,9 @@ def discover(inputs: Iterable[str | Path]) -> Discovery:
         try:
             inst = read_instance(path)
         except InputError as exc:
-            found.rejected.append(Rejection(str(path), str(exc), _claimed_series(path)))
+            # Only an unusable WSI instance spoils its series; another SOP class beside it (a CT) does not.
+            claimed = claimed_series(path) if isinstance(exc, InstanceRefused) else None
+            found.rejected.append(Rejection(str(path), str(exc), claimed))
             continue
         known = by_series[inst.series_uid]
         if inst.sop_instance_uid in known:
@@ -69,7 +71,7 @@ def discover(inputs: Iterable[str | Path]) -> Discovery:
     return found
 
 
-def _claimed_series(path: Path) -> str | None:
+def claimed_series(path: Path) -> str | None:
     """SeriesInstanceUID of a file that was rejected, if a plain header read still finds one.
 
     A series with a rejected member must not be converted as if it were whole (a truncated level 0

@@ -251,3 +251,23 @@ def test_pixels_of_published_output_match_source(mixed_drop):
         got = np.asarray(slide.read_region((300, 300), 0, (256, 256)).convert("RGB")).astype(int)
     truth = render_region(a, 300, 300, 256, 256).astype(int)
     assert np.abs(got - truth).mean(axis=(0, 1)).max() < 6
+
+
+def test_a_dropped_series_with_an_unreadable_file_is_quarantined_whole(tmp_path):
+    """A truncated level 0 must not leave a smaller slide that looks whole: nothing of that series is
+    published, every file of it goes to quarantine with the reason; another series converts."""
+    d = dirs(tmp_path)
+    bad = write_series(SlideSpec(width=800, height=600, seed=41), d["inbox"] / "bad")
+    write_series(SlideSpec(width=800, height=600, seed=42), d["inbox"] / "good")
+    level0 = max(bad, key=lambda f: f.stat().st_size)
+    level0.write_bytes(level0.read_bytes()[: level0.stat().st_size * 2 // 3])
+    age(d["inbox"])
+    assert batch_main(args(d)) == 1
+    _, bad_uid = series_uids(SlideSpec(width=800, height=600, seed=41))
+    _, good_uid = series_uids(SlideSpec(width=800, height=600, seed=42))
+    assert files_under(d["serving"]) == [f"{good_uid}.json", f"{good_uid}.tiff"]
+    quarantined = files_under(d["quarantine"])
+    assert sum(1 for q in quarantined if q.endswith(".dcm")) == len(bad), quarantined
+    reason = (d["quarantine"] / f"{bad_uid}.reason.txt").read_text()
+    assert "rejected" in reason and "truncated" in reason.lower() and "incomplete slide" in reason
+    assert not any((d["inbox"] / "bad").rglob("*.dcm"))
