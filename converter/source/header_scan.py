@@ -187,6 +187,8 @@ def scan_header(fp: BinaryIO, max_header_bytes: int, max_depth: int) -> HeaderSc
         if len(raw) < 8:
             if stack:
                 raise _truncated("the file ends inside a sequence")
+            if raw:  # tag, VR and length come whole (PS3.5 7.1): a file cut inside them is truncated, 0xC000
+                raise _truncated("the file ends in an element header")
             return _result(syntax, pos - start, deepest, None, None, file_size, positions, eot)
         group, elem = struct.unpack("<HH", raw[:4])
         tag = group << 16 | elem

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from converter.errors import InputError, InstanceRefused, NotDicomError, NotWsiError
-from converter.source.header_scan import KEPT_TAGS, HeaderScan, _read_meta, scan_header
+from converter.source.header_scan import KEPT_TAGS, HeaderScan, scan_header
 from converter.source.validate import DEFAULT_LIMITS, Limits, refusal, validate
 
 log = logging.getLogger("wsi_node.source")
@@ -232,7 +232,6 @@ def read_dataset_header(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> tu
             if fp.read(4) != b"DICM":
                 raise InvalidDicomError("no DICM marker")
             scan = scan_header(fp, limits.max_header_bytes, limits.max_sequence_depth)
-            _check_complete_last_element(fp, scan)
             fp.seek(0)
             with _PYDICOM_LOCK, warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -255,29 +254,6 @@ def read_dataset_header(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> tu
             "Send or copy the file again.", "invalid", "the DICOM header cannot be parsed",
         ) from exc
     return ds, scan
-
-
-def _check_complete_last_element(fp, scan: HeaderScan) -> None:
-    """Refuse a data set that ends inside an element header (for example 6 bytes into (7FE0,0010)).
-
-    The header walk stops at the first element header it cannot read whole and reports the data
-    set as ending there: without this check a file cut inside the Pixel Data tag would look like
-    one without Pixel Data (0xA900). Any bytes after the last complete element are an element cut
-    short (PS3.5 7.1: tag, VR and length come whole), so the file is truncated: 'invalid' (0xC000
-    Cannot understand, PS3.4 B.2.3), as a cut anywhere else.
-    """
-    if scan.pixel_offset is not None:
-        return  # the walk reached the Pixel Data value: it checked the rest itself
-    fp.seek(0)
-    _, start = _read_meta(fp)
-    tail = scan.file_size - (start + scan.header_bytes)
-    if tail > 0:
-        fp.seek(start + scan.header_bytes)
-        cut = fp.read(4)
-        what = "PixelData (7FE0,0010)" if cut == b"\xe0\x7f\x10\x00"[: len(cut)] else "an element"
-        raise InstanceRefused(
-            f"the file is truncated or malformed: it ends {tail} byte(s) into the header of {what} (PS3.5 7.1).",
-            "Send or copy the file again.", "invalid", "truncated: the file ends in an element header")
 
 
 def _uid_text(ds: Dataset) -> str:
