@@ -18,6 +18,7 @@ from pynetdicom import AE
 
 from converter.testkit import SlideSpec, series_uids, write_series
 from scp.dimse import WSI_STORAGE
+from tests.faults.harness import wait_for
 from tests.support.node import CONTENT_TYPE, RunningNode, free_port, multipart, pynetdicom_send
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -42,16 +43,6 @@ def samples(port: int) -> dict[tuple[str, tuple], float]:
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
-
-
-def wait_for(predicate, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_healthz_and_readyz_need_no_auth_and_readyz_reports_low_disk(tmp_path):
@@ -101,7 +92,7 @@ def test_metrics_count_c_store_and_stow_and_conversions(tmp_path):
         assert conn.getresponse().status == 200
         conn.close()
         m = wait_for(lambda: (s := samples(n.http_port))[("wsi_node_series", (("state", "published"),))] >= 1 and s,
-                     what="the published series in the state gauge")
+                     30, what="the published series in the state gauge")
         dimse = (("calling_ae", "METRICS1"), ("protocol", "dimse"))
         assert m[("wsi_node_instances_received_total", dimse)] == len(files)
         # Bytes as stored (the file meta information is rewritten on receipt: a few bytes differ from the sender's files).
@@ -159,7 +150,7 @@ def test_json_logs_are_valid_and_never_name_the_patient(tmp_path):
                 break
         assert all(s == 0 for s in pynetdicom_send(port, files, aet="JSONLOG"))
         target = data / "serving" / f"{series_uids(spec)[1]}.tiff"
-        wait_for(lambda: target.exists() and target.with_suffix(".json").exists(), 60, "the published slide")
+        wait_for(lambda: target.exists() and target.with_suffix(".json").exists(), 60, what="the published slide")
         time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -275,7 +266,7 @@ def test_status_page_in_headless_chromium_while_receiving_and_after_publishing(t
             assert int(assoc.send_c_store(held_back).Status) == 0
             assoc.release()
         n.output(uid)
-        wait_for(lambda: f'/thumbnail/{uid}' in get(n.http_port, "/")[2].decode(), 30, "the published row")
+        wait_for(lambda: f'/thumbnail/{uid}' in get(n.http_port, "/")[2].decode(), 30, what="the published row")
         dom = dump_dom(url, tmp_path / "profile")
         page = Rows()
         page.feed(dom)

@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from converter.testkit import SlideSpec, series_uids, write_series
+from tests.faults.harness import wait_for
 from tests.support.node import RunningNode, pynetdicom_send
 
 WAIT = 90.0
@@ -44,13 +45,7 @@ def metric(port: int, name: str, **labels: str) -> float:
 
 
 def until(predicate, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(predicate, timeout, what=what)
 
 
 def state(n: RunningNode, uid: str) -> dict:
