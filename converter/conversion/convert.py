@@ -29,7 +29,8 @@ from converter.tiff.layout import COPYABLE_SUBSAMPLING, LayoutPlan, SourceLevelF
 from converter.source.level import Level
 from converter.source.level_reader import LevelReader
 from converter.durable import fsync_and_rename
-from converter.tiff.pyramid import Cascade, TileSpool, downsample2
+from converter.tiff.pyramid import TileSpool, downsample2
+from converter.conversion.encode import encode_chains
 from converter.conversion.report import ConversionReport, LevelReport
 from converter.conversion.run import run_conversion, sidecar_path  # noqa: F401 (sidecar_path: imported from here by the pipeline)
 from converter.source.series import Series, build_series
@@ -238,34 +239,6 @@ def _convert(
         finally:
             for r in readers.values():
                 r.close()
-
-
-def encode_chains(plan: LayoutPlan, readers, work: Path, options: ConversionOptions, pool, report: ConversionReport) -> dict[int, TileSpool]:
-    """One streaming pass per chain that has anything to encode; returns the spooled tiles per output level."""
-    spools: dict[int, TileSpool] = {}
-    for chain in plan.chains():
-        head = chain[0]
-        if not any(lv.needs_pixels for lv in chain):
-            continue
-        stages = []
-        for lv in chain:
-            spool = None
-            if lv.needs_pixels:
-                spool = spools[lv.index] = TileSpool(str(work / f"level-{lv.index}.tiles"))
-            stages.append((lv.width, lv.height, spool))
-        # Encode-time target a little stricter than the verification limit, which may use a
-        # slightly different reference for deep generated levels.
-        cascade = Cascade(stages, plan.tile_width, plan.tile_height, options.quality, pool, max_mad=options.max_mad * 0.9)
-        for strip in readers[head.source].strips():
-            cascade.push(strip)
-        cascade.finish()
-        for lv, stage in zip(chain, cascade.stages):
-            if stage.spool is not None:
-                report.levels[lv.index].quality = options.quality
-            if stage.raised_quality:
-                report.levels[lv.index].tiles_quality_raised = stage.raised_quality
-                report.levels[lv.index].quality = stage.max_quality
-    return spools
 
 
 def plan_series(instances: list[WsiInstance], options: ConversionOptions) -> tuple[Series, LayoutPlan]:

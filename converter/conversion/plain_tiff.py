@@ -18,7 +18,8 @@ import numpy as np
 import pyvips
 
 from config.settings import ConversionOptions
-from converter.conversion.convert import encode_chains, write_verify_publish
+from converter.conversion.convert import write_verify_publish
+from converter.conversion.encode import encode_chains
 from converter.errors import InputError
 from converter.tiff.layout import SourceLevelFacts, plan_layout
 from converter.conversion.report import ConversionReport, LevelReport
