@@ -1,0 +1,260 @@
+"""End to end at real slide sizes: receive, convert inside `wsi-node serve`, publish; the same
+conversion with `wsi-node convert`; and receiving another series while a conversion runs.
+
+Usage:
+    python bench/bench_e2e.py [--sizes 24000,60000,150000] [--reps 3] [--work /tmp/bench-e2e]
+                              [--busy 150000:60000] [--keep-inputs]
+
+Issue 14, targets 3 and 7 and the receive/publish rows of the scaling table. Inputs come from
+bench/gen_big.py (real JPEG frames repeated over every level, one instance per level, extended
+offset table; height = 0.8 x width), written once into --work/input-<W> and removed at the end
+unless --keep-inputs. For each repetition every size runs, in an order that rotates, these runs:
+
+- serve: a fresh `wsi-node serve` (127.0.0.1, free port, settle 2 s, quiet period 60 s, JSON logs,
+  folders under --work) receives the series from DCMTK `storescu -R -xy +sd +sp '*.dcm'` (one
+  association). Measured: receive = storescu wall time; the node's own log lines "converting" and
+  "published" (timestamps); the sidecar's timings.total (the conversion proper, inside the worker
+  process); publish latency = from storescu's exit until the TIFF and its sidecar are in serving
+  (polled every 20 ms); peak RSS of the node process and of its process tree.
+- cli: `wsi-node convert --mode auto` of the same input folder into --work (same options as the
+  node's defaults); its wall time and its report's timings.total.
+- busy (only for --busy BIG:OTHER, sizes from --sizes): a fresh node receives BIG; as soon as it logs
+  "converting", OTHER is pushed by a second storescu; OTHER's receive time is compared with its
+  receive time to an idle node (its own serve run in the same repetition). BIG's conversion time
+  under that load is reported too.
+
+Targets: 3) serve's conversion (timings.total) / cli's within 0.9-1.1, and the second sender's
+throughput during a conversion / idle >= ~0.9 ("full speed"); 7) publish latency <= conversion
++ 3 s (publication within receive + conversion + 3 s), for a slide whose pyramid is complete.
+
+Prints a Markdown table of medians and the ratios per size; writes every run to
+--work/results-e2e.json. The page cache is flushed (sync) before every push. Needs DCMTK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    NODE_AE, dcm_files, fmt, free_port, markdown_table, med, node_process, push, series_uid, wait_published,
+)
+from gen_big import big_spec, write_big_series  # noqa: E402
+
+WSI_NODE = str(Path(sys.executable).parent / "wsi-node")
+
+
+# --- inputs -------------------------------------------------------------------------------------
+def big_input(work: Path, width: int) -> Path:
+    folder = work / f"input-{width}"
+    done = folder / ".complete"
+    if not done.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        t = time.monotonic()
+        write_big_series(big_spec(width, int(width * 0.8)), folder)
+        done.write_text("ok")
+        print(f"generated {folder} in {time.monotonic() - t:.1f} s", file=sys.stderr)
+    return folder
+
+
+def describe(folder: Path) -> dict:
+    files = dcm_files(folder)
+    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files), "uid": series_uid(folder)}
+
+
+# --- the node's own account -----------------------------------------------------------------------
+def log_times(log: Path, uid: str) -> dict[str, float]:
+    """Wall-clock times (epoch s) of the node's JSON log lines about `uid`: converting, published."""
+    out: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        msg = rec.get("message", "")
+        if uid not in msg:
+            continue
+        when = datetime.fromisoformat(rec["time"].replace("Z", "+00:00")).timestamp()
+        if ": converting " in msg:
+            out.setdefault("converting", when)
+        elif " published: " in msg:
+            out.setdefault("published", when)
+    return out
+
+
+def wait_log(log: Path, uid: str, key: str, timeout: float, proc: subprocess.Popen) -> float:
+    end = time.monotonic() + timeout
+    while key not in (t := log_times(log, uid)):
+        if proc.poll() is not None or time.monotonic() > end:
+            raise RuntimeError(f"no '{key}' for {uid} in the node's log: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return t[key]
+
+
+def node_env() -> dict[str, str]:
+    # DICOMweb stays on, as deployed, but on 127.0.0.1 and a free port.
+    return dict(os.environ, WSI_NODE_HTTP_BIND="127.0.0.1", WSI_NODE_HTTP_PORT=str(free_port()))
+
+
+def fresh(work: Path, name: str) -> tuple[Path, Path]:
+    data, log = work / name, work / f"{name}.log"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    return data, log
+
+
+def cleanup(*paths: Path) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+# --- runs ---------------------------------------------------------------------------------------
+def run_serve(work: Path, src: Path, m: dict, timeout: float = 900) -> dict:
+    data, log = fresh(work, "node")
+    port = free_port()
+    try:
+        with node_process(data, log, port, "--quiet-period", "60", "--log-format", "json", env=node_env()) as scp:
+            scp.poller.start()
+            t0 = time.time()
+            wall = push(src, port, NODE_AE)
+            done_wall, done = time.time(), time.monotonic()
+            latency, conversion = wait_published(data, m["uid"], done, timeout, scp.proc, log)
+            wait_log(log, m["uid"], "published", 10, scp.proc)
+            hwm = scp.hwm_kb()
+            times = log_times(log, m["uid"])
+        return {"receive": wall, "mbps": m["bytes"] / 1e6 / wall, "latency": latency, "conversion": conversion,
+                "start_after_receive": times["converting"] - done_wall, "node_span": times["published"] - times["converting"],
+                "end_to_end": done_wall - t0 + latency, "rss_main": scp.poller.main_kb / 1024,
+                "rss_tree": scp.poller.tree_kb / 1024, "hwm_main": hwm / 1024}
+    finally:
+        cleanup(data, log)
+
+
+def run_cli(work: Path, src: Path) -> dict:
+    out = work / "cli-out"
+    cleanup(out)
+    out.mkdir()
+    target = out / "slide.tiff"
+    os.sync()
+    t = time.monotonic()
+    proc = subprocess.run([WSI_NODE, "convert", "--mode", "auto", "-o", str(target), str(src)], capture_output=True, text=True)
+    wall = time.monotonic() - t
+    try:
+        if proc.returncode != 0:
+            raise RuntimeError(f"wsi-node convert failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        report = json.loads(target.with_suffix(".json").read_text())
+        return {"cli_wall": wall, "cli_conversion": report["timings"]["total"]}
+    finally:
+        cleanup(out)
+
+
+def run_busy(work: Path, big: Path, mb: dict, other: Path, mo: dict, timeout: float = 900) -> dict:
+    """BIG pushed, then OTHER pushed while BIG converts: OTHER's receive time and BIG's conversion time."""
+    data, log = fresh(work, "node-busy")
+    port = free_port()
+    try:
+        with node_process(data, log, port, "--quiet-period", "60", "--log-format", "json", env=node_env()) as scp:
+            push(big, port, NODE_AE)
+            wait_log(log, mb["uid"], "converting", 60, scp.proc)
+            wall = push(other, port, NODE_AE)
+            still = "published" not in log_times(log, mb["uid"])
+            _, conversion = wait_published(data, mb["uid"], time.monotonic(), timeout, scp.proc, log)
+            wait_published(data, mo["uid"], time.monotonic(), timeout, scp.proc, log)
+        return {"busy_receive": wall, "busy_mbps": mo["bytes"] / 1e6 / wall, "busy_during": still, "busy_conversion": conversion}
+    finally:
+        cleanup(data, log)
+
+
+# --- main ---------------------------------------------------------------------------------------
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="24000,60000,150000", help="slide widths (height 0.8 x width)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--busy", default="150000:60000", help="BIG:OTHER widths of the busy run ('' to skip)")
+    ap.add_argument("--work", default="/tmp/bench-e2e")
+    ap.add_argument("--keep-inputs", action="store_true")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    busy = tuple(int(s) for s in args.busy.split(":")) if args.busy else None
+    if busy and not set(busy) <= set(sizes):
+        ap.error("--busy sizes must be among --sizes")
+    inputs = {w: big_input(work, w) for w in sizes}
+    meta = {w: describe(f) for w, f in inputs.items()}
+    runs: dict[int, list[dict]] = {w: [] for w in sizes}
+    t_start = time.monotonic()
+    try:
+        for rep in range(args.reps):
+            order = sizes[rep % len(sizes):] + sizes[:rep % len(sizes)]
+            for w in order:
+                r: dict = {}
+                steps = ["serve", "cli"] if rep % 2 == 0 else ["cli", "serve"]  # who goes first alternates
+                for step in steps:
+                    r.update(run_serve(work, inputs[w], meta[w]) if step == "serve" else run_cli(work, inputs[w]))
+                runs[w].append(r)
+                print(f"rep {rep + 1} {w}: receive {r['receive']:.2f} s ({r['mbps']:.0f} MB/s), serve conversion "
+                      f"{r['conversion']:.2f} s, cli {r['cli_conversion']:.2f} s (wall {r['cli_wall']:.2f}), publish latency "
+                      f"{r['latency']:.2f} s, converting {r['start_after_receive']:.2f} s after receive, RSS "
+                      f"{r['rss_main']:.0f}/{r['rss_tree']:.0f} MB", file=sys.stderr)
+            if busy:
+                b = run_busy(work, inputs[busy[0]], meta[busy[0]], inputs[busy[1]], meta[busy[1]])
+                runs[busy[0]][-1].update(b)
+                print(f"rep {rep + 1} busy: {busy[1]} received in {b['busy_receive']:.2f} s ({b['busy_mbps']:.0f} MB/s) while "
+                      f"{busy[0]} converted (still converting at the end: {b['busy_during']}); {busy[0]}'s conversion "
+                      f"{b['busy_conversion']:.2f} s", file=sys.stderr)
+    finally:
+        if not args.keep_inputs:
+            for folder in inputs.values():
+                shutil.rmtree(folder, ignore_errors=True)
+    total = time.monotonic() - t_start
+    (work / "results-e2e.json").write_text(json.dumps({"meta": {str(k): v for k, v in meta.items()},
+                                                      "runs": {str(k): v for k, v in runs.items()}, "seconds": total}, indent=1))
+
+    rows = []
+    for w, rs in runs.items():
+        m = meta[w]
+        ratio = [r["conversion"] / r["cli_conversion"] for r in rs]
+        slack = [r["latency"] - r["conversion"] for r in rs]
+        rows.append([f"{w} x {int(w * 0.8)}", f"{m['bytes'] / 1e6:.0f}", fmt(med(rs, "receive")), f"{med(rs, 'mbps'):.0f}",
+                     f"{max(r['rss_main'] for r in rs):.0f}", f"{max(r['rss_tree'] for r in rs):.0f}",
+                     fmt(med(rs, "conversion")), fmt(med(rs, "cli_conversion")), fmt(med(rs, "cli_wall")),
+                     f"{statistics.median(ratio):.2f}", fmt(med(rs, "start_after_receive")), fmt(med(rs, "latency")),
+                     fmt(statistics.median(slack)), fmt(med(rs, "end_to_end"))])
+    print(markdown_table(["slide", "MB", "receive s", "receive MB/s", "peak RSS MB node", "peak RSS MB tree",
+                          "conversion in serve s", "conversion cli s", "cli wall s", "serve / cli",
+                          "converting after receive s", "publish latency s", "latency - conversion s (target <= 3)",
+                          "push start to published s"], rows))
+    print()
+    for w, rs in runs.items():
+        ratio = [r["conversion"] / r["cli_conversion"] for r in rs]
+        print(f"- {w}: serve / cli conversion = {statistics.median(ratio):.2f} (per repetition: "
+              f"{', '.join(f'{x:.2f}' for x in ratio)}); latency - conversion: "
+              f"{', '.join(f'{x:.2f}' for x in (r['latency'] - r['conversion'] for r in rs))} s")
+    if busy:
+        rs_big, rs_other = runs[busy[0]], runs[busy[1]]
+        per = [b["busy_mbps"] / o["mbps"] for b, o in zip(rs_big, rs_other)]
+        conv = [b["busy_conversion"] / b["conversion"] for b in rs_big]
+        print(f"- {busy[1]} received while {busy[0]} converts / to an idle node: throughput {statistics.median(per):.2f} "
+              f"(per repetition: {', '.join(f'{x:.2f}' for x in per)}; {med(rs_big, 'busy_mbps'):.0f} vs "
+              f"{med(rs_other, 'mbps'):.0f} MB/s); {busy[0]}'s conversion meanwhile {med(rs_big, 'busy_conversion'):.2f} s "
+              f"= {statistics.median(conv):.2f} x its idle time")
+    print(f"\n(total {total:.0f} s for {args.reps} repetitions; load average at the end {os.getloadavg()[0]:.1f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
