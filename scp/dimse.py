@@ -261,6 +261,8 @@ class DimseReceiver:
     def _handle_store(self, event, writer: object) -> Dataset:
         peer = self._peer(event)
         status = Dataset()
+        if isinstance(writer, IncomingFile):
+            writer.close()  # waits for its writer thread: a write that failed late is a refusal here
         if isinstance(writer, IncomingFile) and writer.discarding:
             # PS3.4 B.2.3: 0xA700 Refused: Out of Resources; the data set was read and thrown away.
             status.Status = 0xA700

@@ -26,10 +26,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from scp.write_behind import WriteBehind
+
 log = logging.getLogger("wsi_node.incoming")
 
 CHECK_EVERY = 4 << 20
 """Free space is asked again after this many bytes even when far from the reserve."""
+WRITE_BEHIND_FROM = 8 << 20
+"""Instances up to this size are written by the receiving thread itself (a thread would cost more than it saves)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class IncomingFile:
     """
 
     file = _Flusher()
+    write_behind_from = WRITE_BEHIND_FROM
+    """Once the instance reaches this size, the rest is written by a scp.write_behind thread."""
 
     def __init__(self, rules: SpaceRules, registry: "IncomingFiles | None" = None, owner: object = None,
                  prefix: str = "in-", suffix: str = ".dcm") -> None:
@@ -90,6 +96,7 @@ class IncomingFile:
         self._ident: tuple[int, int] | None = None
         self._free_at_check = 0
         self._written_at_check = 0
+        self._behind: WriteBehind | None = None
         fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=rules.folder)
         self.name = name
         self.path = Path(name)
@@ -114,6 +121,10 @@ class IncomingFile:
         if self.refusal:
             self.written += n
             return n
+        if self._fd is None:  # removed meanwhile (its owner ended, from another thread): the rest is thrown away
+            self.written += n
+            self.discard("the transfer ended before the instance was complete", "error")
+            return n
         cap = self.rules.max_instance_bytes
         if cap and self.written + n > cap:
             self.written += n
@@ -123,6 +134,14 @@ class IncomingFile:
         if self.refusal:
             self.written += n
             return n
+        if self._behind is None and self.written + n >= self.write_behind_from:
+            self._behind = WriteBehind(self._fd, self.written)
+        behind = self._behind
+        if behind is not None:
+            self.written += n
+            if not behind.put(data):  # a write failed, or the file was removed meanwhile (owner ended)
+                self._write_failed(behind.error)
+            return n
         view = memoryview(data)
         done = 0
         try:
@@ -130,15 +149,22 @@ class IncomingFile:
                 done += os.write(self._fd, view[done:])
         except OSError as exc:
             self.written += n
-            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            self.errno = exc.errno or 0
-            if full:
-                self.discard("disk full while receiving")
-            else:
-                self.discard(f"write failed ({errno.errorcode.get(exc.errno, exc.errno)})", "error")
+            self._write_failed(exc)
             return n
         self.written += n
         return n
+
+    def _queued(self) -> int:
+        behind = self._behind
+        return behind.pending if behind is not None else 0
+
+    def _write_failed(self, exc: OSError | None) -> None:
+        code = exc.errno if exc is not None else 0
+        self.errno = code or 0
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            self.discard("disk full while receiving")
+        else:
+            self.discard(f"write failed ({errno.errorcode.get(code, code)})", "error")
 
     def _check_room(self, n: int, at_open: bool = False) -> None:
         """Ask statvfs when opening, every CHECK_EVERY bytes, and when `n` more bytes could reach the reserve."""
@@ -148,13 +174,14 @@ class IncomingFile:
         if not at_open and since + n < CHECK_EVERY and estimate >= reserve + CHECK_EVERY:
             return
         try:
-            free = self.rules.free_bytes()
+            disk = self.rules.free_bytes()
         except OSError as exc:  # the inbox file system went away: nothing can be stored
             self.errno = exc.errno or 0
             self.discard("cannot check free disk space", "error")
             return
+        free = disk - self._queued()  # bytes queued for the writer thread will take room too
         self._free_at_check, self._written_at_check = free, self.written
-        if free < reserve and (at_open or free - n < reserve):
+        if disk < reserve and (at_open or free - n < reserve):
             self.discard(f"free disk below the reserve of {_mb(reserve)} MB")
         elif free - n < reserve:
             self.discard(f"instance would cross the disk reserve of {_mb(reserve)} MB" if reserve else "not enough free disk for the instance")
@@ -169,7 +196,11 @@ class IncomingFile:
         self.remove()
 
     def close(self) -> None:
-        """The instance is complete (or pynetdicom is done with it): the file stays for the store step."""
+        """The instance is complete: every byte is written (or the write failure is a refusal); the file stays for the store step."""
+        if self._behind is not None and self._fd is not None:
+            error = self._behind.drain()
+            if error is not None:
+                self._write_failed(error)  # discards: the file goes, `refusal` says why
         self._close_fd()
 
     def remove(self) -> None:
@@ -189,6 +220,9 @@ class IncomingFile:
             self.registry.forget(self.owner, self)
 
     def _close_fd(self) -> None:
+        if self._behind is not None:
+            behind, self._behind = self._behind, None
+            behind.stop()  # joined: no write reaches the descriptor after this
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:

@@ -14,7 +14,10 @@ fails loudly, naming this file, instead of misbehaving quietly):
    every other PDU type; a longer PDU is answered with A-ABORT (PS3.8 9.3.8, source
    service-provider, invalid PDU parameter value) and the connection is closed before its body
    is read. The body is read with recv_into into one preallocated buffer, 1 MiB at a time,
-   under the association's network timeout, instead of pynetdicom's 4 KiB loop without one.
+   under the association's network timeout, instead of pynetdicom's 4 KiB loop without one. A
+   P-DATA-TF body is then decoded without copies (_decode_p_data_tf: each PDV value is a memoryview
+   of the received buffer, so the data set fragment DIMSEMessage.decode_msg writes is that buffer;
+   pynetdicom's own decode copies every byte four times), the others by pynetdicom.
 3. Which associations count towards `maximum_associations`, and when. acse.py counts every
    acceptor thread (so TCP connections that never send an A-ASSOCIATE-RQ lock real senders out),
    and counts in each association's own thread with nothing between the count and the accept (so
@@ -35,11 +38,12 @@ import threading
 from typing import Callable
 
 import pynetdicom
-from pynetdicom import AE, dimse_messages
+from pynetdicom import AE, dimse_messages, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
+from pynetdicom.pdu_items import PresentationDataValueItem
 
 from config.errors import WsiNodeError
 
@@ -49,6 +53,7 @@ SUPPORTED_VERSIONS = ("3.0.4",)
 OTHER_PDU_LIMIT = 256 << 10
 """Largest A-ASSOCIATE-RQ (or any PDU but P-DATA-TF) read; Orthanc's ~127 contexts take ~15 KB."""
 RECV_CHUNK = 1 << 20
+_UINT4 = struct.Struct(">L")
 
 _original_read_pdu_data = DULServiceProvider._read_pdu_data
 _original_negotiate_as_acceptor = ACSE._negotiate_as_acceptor
@@ -159,16 +164,52 @@ def _read_pdu_data_bounded(self: DULServiceProvider) -> None:
     if len(body) != pdu_length:
         self.event_queue.put("Evt17")
         return
-    header += body
-    del body
     try:
-        pdu, event = self._decode_pdu(header)
+        if pdu_type == 0x04:
+            pdu, event = _decode_p_data_tf(self, header, body)
+        else:
+            header += body
+            del body
+            pdu, event = self._decode_pdu(header)
     except Exception as exc:
         log.warning("DICOM peer %s sent a PDU that cannot be decoded (%s): association aborted", _peer(self), exc)
         self.event_queue.put("Evt19")
         return
     self.event_queue.put(event)
     self._recv_pdu.put(pdu)
+
+
+def _decode_p_data_tf(dul: DULServiceProvider, header: bytearray, body: bytearray) -> tuple[P_DATA_TF, str]:
+    """A P-DATA-TF PDU whose PDV values are views of `body` (pynetdicom's PDU.decode copies each one four times).
+
+    PS3.8 9.3.5.1: each Presentation Data Value Item is a 4-byte item length, then the presentation
+    context ID (1 byte) and the PDV (message control header and fragment, PS3.8 E.2), so an item
+    length is at least 2 and the items fill the PDU exactly; anything else is refused as
+    pynetdicom's decoder refuses it (an exception, answered with A-ABORT by the caller). What reads
+    the PDVs (DIMSEMessage.decode_msg: `data[0]`, `data[1:]` written to the data set's file or a
+    BytesIO) takes a memoryview as it takes bytes, and `data[1:]` is then no copy either.
+    EVT_DATA_RECV, which wants the raw bytes, is triggered (with a copy) only when a handler is bound.
+    """
+    if dul.assoc.get_handlers(evt.EVT_DATA_RECV):
+        evt.trigger(dul.assoc, evt.EVT_DATA_RECV, {"data": bytes(header + body)})
+    view = memoryview(body)
+    items = []
+    offset, end = 0, len(body)
+    while offset < end:
+        if end - offset < 6:
+            raise ValueError(f"a PDV item header cut at byte {offset} of a {end}-byte P-DATA-TF PDU")
+        (length,) = _UINT4.unpack_from(body, offset)
+        if length < 2 or offset + 4 + length > end:
+            raise ValueError(f"a PDV item length of {length} at byte {offset} of a {end}-byte P-DATA-TF PDU")
+        item = PresentationDataValueItem()
+        item.presentation_context_id = body[offset + 4]
+        item.presentation_data_value = view[offset + 5:offset + 4 + length]
+        items.append(item)
+        offset += 4 + length
+    pdu = P_DATA_TF()
+    pdu.presentation_data_value_items = items
+    evt.trigger(dul.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
+    return pdu, "Evt10"  # P-DATA-TF PDU received (PS3.8 9.2, table 9-10)
 
 
 def _abort_and_close(dul: DULServiceProvider) -> None:

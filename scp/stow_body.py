@@ -205,7 +205,9 @@ class StowRequest:
     def _part_end(self) -> None:
         p, self.part = self.part, None
         try:
-            p.close(delete=False)
+            p.close(delete=False)  # waits for the part's writer thread
+            if p.failure is None and p.fp is not None and p.fp.discarding:  # a write that failed late
+                p.failure = (OUT_OF_RESOURCES, p.fp.refusal)
             if p.failure is None and p.written < DICM_HEAD:
                 p.failure = (CANNOT_UNDERSTAND, "not a DICOM Part 10 file (shorter than a preamble, DICM prefix and file meta information)")
             if p.failure is not None:
