@@ -1,14 +1,14 @@
-"""Reading a source level's frames and pixels, a tile row at a time.
+"""Reading a source level's frames and pixels: by block, by tile row, by region.
 
-Memory stays bounded by one or two rows of decoded tiles whatever the slide
-size; frames are decoded in a thread pool because imagecodecs releases the
-GIL while decoding.
+Re-encoding reads blocks (read_block: frames read in the caller's thread,
+decoded in a worker's, because imagecodecs releases the GIL while decoding),
+so memory is bounded by a few blocks whatever the slide's size.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Executor
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -119,6 +119,37 @@ class LevelReader:
             self._row_cache.pop(min(self._row_cache))
         self._row_cache[row] = strip
         return strip
+
+    def read_block(self, x: int, y: int, w: int, h: int) -> Callable[[], np.ndarray]:
+        """Read the frames under a rectangle now; the returned call decodes them into its pixels.
+
+        The split lets the block-wise pyramid keep file reads in one thread (the files are
+        shared) while worker threads decode (imagecodecs releases the GIL). Outside the image
+        is background.
+        """
+        lv = self.level
+        tw, th = lv.tile_width, lv.tile_height
+        x1, y1 = min(x + w, lv.width), min(y + h, lv.height)
+        frames = [
+            (col, row, self.frame_bytes(col, row))
+            for row in range(y // th, -(-y1 // th))
+            for col in range(x // tw, -(-x1 // tw))
+        ]
+
+        def decode() -> np.ndarray:
+            if x1 - x == w and y1 - y == h:
+                out = np.empty((h, w, self.samples), np.uint8)
+            else:
+                out = np.full((h, w, self.samples), self.background, np.uint8)
+            for col, row, data in frames:
+                tile = self._decode(col, row, data)
+                tx, ty = col * tw, row * th
+                sx0, sy0 = max(x, tx), max(y, ty)
+                sx1, sy1 = min(x1, tx + tw), min(y1, ty + th)
+                out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = tile[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
+            return out
+
+        return decode
 
     def strips(self) -> Iterator[np.ndarray]:
         """The whole level, top to bottom, one tile row of pixels at a time (full width)."""

@@ -1,15 +1,18 @@
-"""Streaming pyramid: pixels flow down a chain of levels a strip at a time.
+"""Strip cascade, 2x2 halving and the tile spool shared by both pyramids.
 
 A chain starts at a level backed by source pixels and continues through the
-generated levels below it. Each level encodes full tile rows as soon as it
-has them and hands its rows, halved, to the next level, so peak memory is a
-few full-width strips however large the slide. Encoded tiles are spooled to
-a temporary file in raster order, ready for the TIFF writer.
+generated levels below it. The strip cascade feeds it full-width strips: each
+level encodes full tile rows as soon as it has them and hands its rows, halved,
+to the next level. Its memory grows with the width, so DICOM levels go through
+the block-wise pyramid (converter.tiff.blocks); the cascade remains for readers
+that only give strips (libvips over a plain TIFF). Encoded tiles are spooled to
+a temporary file, ready for the TIFF writer in raster order.
 """
 
 from __future__ import annotations
 
 import os
+from array import array
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
@@ -35,28 +38,55 @@ def downsample2(rows: np.ndarray) -> np.ndarray:
 
 
 class TileSpool:
-    """Encoded tiles of one level in a temporary file, in raster order."""
+    """Encoded tiles of one level in a temporary file, read back in raster order.
+
+    Tiles may arrive in any order (put by tile number: the block-wise pyramid makes them a
+    block at a time); the index is two arrays of 8-byte integers, so its memory is 16 bytes
+    a tile rather than a Python tuple each.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fp: BinaryIO = open(path, "w+b")
-        self.entries: list[tuple[int, int]] = []
+        self._offsets = array("q")
+        self._lengths = array("q")
         self.bytes = 0
+        self.count = 0
+        self._moved = False
 
     def append(self, data: bytes) -> None:
+        self.put(len(self._offsets), data)
+
+    def put(self, index: int, data: bytes) -> None:
+        if index >= len(self._offsets):
+            grow = index + 1 - len(self._offsets)
+            self._offsets.extend([-1] * grow)
+            self._lengths.extend([-1] * grow)
+        if self._lengths[index] >= 0:
+            raise RuntimeError(f"tile {index} of {self.path} was spooled twice")
+        if self._moved:
+            self._fp.seek(self.bytes)
+            self._moved = False
         self._fp.write(data)
-        self.entries.append((self.bytes, len(data)))
+        self._offsets[index] = self.bytes
+        self._lengths[index] = len(data)
         self.bytes += len(data)
+        self.count += 1
+
+    @property
+    def entries(self) -> list[tuple[int, int]]:
+        return list(zip(self._offsets, self._lengths))
 
     def __iter__(self) -> Iterator[bytes]:
         self._fp.flush()
-        fp = self._fp
-        for offset, length in self.entries:
-            fp.seek(offset)
-            yield fp.read(length)
+        for index in range(len(self._offsets)):
+            yield self.read(index)
 
     def read(self, index: int) -> bytes:
-        offset, length = self.entries[index]
+        offset, length = self._offsets[index], self._lengths[index]
+        if length < 0:
+            raise RuntimeError(f"tile {index} of {self.path} was never spooled")
+        self._moved = True
         self._fp.seek(offset)
         return self._fp.read(length)
 
