@@ -22,7 +22,7 @@ import tifffile
 from config.settings import ConversionOptions
 from converter.codecs import colour
 from converter.codecs.frames import fill_tile_like, frame_colour, ts_name
-from converter.errors import DecodeError, OutputError, VerificationError
+from converter.errors import OutputError, VerificationError
 from converter.source.instance import WsiInstance
 from converter.codecs.jpeg import JpegInfo, parse_jpeg
 from converter.tiff.layout import COPYABLE_SUBSAMPLING, LayoutPlan, SourceLevelFacts, plan_layout
@@ -30,10 +30,12 @@ from converter.source.level import Level
 from converter.source.level_reader import LevelReader
 from converter.durable import fsync_and_rename
 from converter.tiff.pyramid import TileSpool, downsample2
+from converter.conversion.copy_frames import CopyMismatch as _CopyMismatch, PlannedCopy, check_frame, plan_copy
 from converter.conversion.encode import encode_chains
 from converter.conversion.report import ConversionReport, LevelReport
 from converter.conversion.run import run_conversion, sidecar_path  # noqa: F401 (sidecar_path: imported from here by the pipeline)
 from converter.source.series import Series, build_series
+from converter.conversion.spliced import Background, write_spliced
 from converter.tiff.writer import AssociatedImage, TiffLevel, aperio_description, write_tiff
 from converter.tiff.plausibility import enforce_colour
 from converter.tiff.verify import verify_tiff
@@ -41,13 +43,6 @@ from converter.tiff.verify import verify_tiff
 log = logging.getLogger("wsi_node.convert")
 
 THUMBNAIL_MAX = 1024
-
-
-class _CopyMismatch(Exception):
-    def __init__(self, level: int, reason: str) -> None:
-        super().__init__(reason)
-        self.level = level
-        self.reason = reason
 
 
 def _copy_facts(level: Level, reader: LevelReader) -> tuple[SourceLevelFacts, JpegInfo | None]:
@@ -120,24 +115,8 @@ def _copy_tiles(index: int, level: Level, reader: LevelReader, info: JpegInfo, f
             if data is None:
                 yield fill
                 continue
-            if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-                ref = ti.frames[(col, row)]
-                raise DecodeError(
-                    f"{level.instances[ref.instance].path}: frame {ref.frame + 1} is not a complete JPEG bitstream (no end-of-image marker); the file is corrupt or truncated.",
-                    "Send or copy the file again; if it persists, re-export the slide from the scanner.",
-                )
-            try:
-                got = parse_jpeg(data)
-            except ValueError as exc:
-                raise _CopyMismatch(index, f"frame at tile ({col},{row}) is not a JPEG bitstream ({exc})") from exc
-            if (got.colorspace, got.subsampling, got.width, got.height, got.baseline) != (
-                info.colorspace,
-                info.subsampling,
-                info.width,
-                info.height,
-                True,
-            ):
-                raise _CopyMismatch(index, f"frames differ in colour space or sampling (tile ({col},{row}) is {got.colorspace} {got.subsampling})")
+            ref = ti.frames[(col, row)]
+            check_frame(data, info, index, col, row, level.instances[ref.instance].path, ref.frame)
             yield data
 
 
@@ -283,13 +262,19 @@ def _attempt_convert(series, readers, blockers, output, options, report, work, t
     t = time.monotonic()
     tiff_levels: list[TiffLevel] = []
     fills: dict[int, bytes] = {}
+    copies: dict[int, PlannedCopy] = {}
     for lv in plan.levels:
         spacing = _spacing(series, lv.width, lv.height)
         if lv.action == "copy":
             info = infos[lv.source]
             fill = fills[lv.index] = fill_tile_like(info.colorspace, info.subsampling, plan.tile_width, plan.tile_height)
             tiles = _CopiedTiles(lv.source, series.levels[lv.source], readers[lv.source], info, fill)
-            tl = TiffLevel(lv.width, lv.height, plan.tile_width, plan.tile_height, samples, tiles, info.colorspace, info.subsampling, spacing)
+            # Copied by the kernel after the TIFF structure is written; every frame is checked meanwhile.
+            planned = plan_copy(lv.source, series.levels[lv.source], info, fill)
+            if planned is not None:
+                copies[lv.index] = planned
+            tl = TiffLevel(lv.width, lv.height, plan.tile_width, plan.tile_height, samples, tiles, info.colorspace,
+                           info.subsampling, spacing, placeholder=planned is not None)
         else:
             colorspace = "gray" if samples == 1 else "RGB"
             tl = TiffLevel(lv.width, lv.height, plan.tile_width, plan.tile_height, samples, spools[lv.index], colorspace, (1, 1), spacing)
@@ -320,34 +305,52 @@ def _attempt_convert(series, readers, blockers, output, options, report, work, t
     write_verify_publish(
         tmp, output, plan, tiff_levels, associated, readers, fills, options, report, pool_spools=spools,
         description=_description(series, plan), svs_extra=svs_extra, icc=icc, what=f"series {series.series_uid}",
-        t_write=t,
+        t_write=t, copies=copies,
     )
 
 
 def write_verify_publish(tmp: Path, output: Path, plan: LayoutPlan, tiff_levels: list[TiffLevel], associated,
                          readers, fills: dict[int, bytes], options: ConversionOptions, report: ConversionReport, *,
                          pool_spools: dict[int, TileSpool], description: str, svs_extra: dict[str, str],
-                         icc: bytes | None, what: str, t_write: float) -> None:
-    """Write the TIFF under a temporary name, check it against the source, then give it its final name."""
+                         icc: bytes | None, what: str, t_write: float,
+                         copies: dict[int, PlannedCopy] | None = None) -> None:
+    """Write the TIFF under a temporary name, check it against the source, then give it its final name.
+
+    `copies`: output levels written with empty tiles whose frames are then appended by the
+    kernel (converter.conversion.spliced); the file must be BigTIFF when they take it past 4 GiB.
+    """
     svs_description = aperio_description(tiff_levels, options.quality, svs_extra)
     bigtiff = plan.bigtiff
+    copies = copies or {}
+    spliced = sum(c.splice.max_bytes for c in copies.values())
     try:
         pages = write_tiff(tmp, tiff_levels, associated, layout=options.layout, description=description,
                            svs_description=svs_description, icc=icc, bigtiff=bigtiff)
+        if not bigtiff and tmp.stat().st_size + spliced >= 1 << 32:
+            raise ValueError("data too large for classic TIFF once the copied levels are appended; BigTIFF needed")
     except ValueError as exc:
         if bigtiff or "BigTIFF" not in str(exc) and "too large" not in str(exc):
             raise
         report.notes.append("output exceeded 4 GB; written as BigTIFF")
         pages = write_tiff(tmp, tiff_levels, associated, layout=options.layout, description=description,
                            svs_description=svs_description, icc=icc, bigtiff=True)
-    sizes = _ifd_sizes(tmp)
-    for rep in report.levels:
-        rep.bytes = sizes.get(pages[f"level-{rep.index}"], 0)
-    report.timings["write"] = round(time.monotonic() - t_write, 3)
+    syncing = write_spliced(tmp, {pages[f"level-{i}"]: c for i, c in copies.items()}, report)
+    try:
+        sizes = _ifd_sizes(tmp)
+        for rep in report.levels:
+            rep.bytes = sizes.get(pages[f"level-{rep.index}"], 0)
+        report.timings["write"] = round(time.monotonic() - t_write, 3)
 
-    t = time.monotonic()
-    report.checks = verify_tiff(tmp, pages, plan, readers, fills, options.verify_samples, options.max_mad)
-    report.timings["verify"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        report.checks = verify_tiff(tmp, pages, plan, readers, fills, options.verify_samples, options.max_mad)
+        report.timings["verify"] = round(time.monotonic() - t, 3)
+        _publish_checked(tmp, output, pages, readers, report, pool_spools, what, syncing)
+    finally:
+        syncing.wait()
+
+
+def _publish_checked(tmp: Path, output: Path, pages: dict[str, int], readers, report: ConversionReport,
+                     pool_spools: dict[int, TileSpool], what: str, syncing: Background) -> None:
     for reader in readers.values():
         if len(getattr(reader, "colours", {})) > 1:
             report.notes.append("frames of one level were decided differently: " + "; ".join(
@@ -365,10 +368,13 @@ def write_verify_publish(tmp: Path, output: Path, plan: LayoutPlan, tiff_levels:
     report.timings["colour_check"] = round(time.monotonic() - t, 3)
     for spool in pool_spools.values():
         spool.close()
+    t = time.monotonic()
     try:
+        syncing.join()  # the early fsync of the copied levels: its I/O error must not be lost
         fsync_and_rename(tmp, output)
     except OSError as exc:
         raise OutputError(f"cannot publish {output}: {exc}.", "Check free space and permissions of the output folder.") from exc
+    report.timings["fsync_rename"] = round(time.monotonic() - t, 3)
 
 
 def _ifd_sizes(path: Path) -> dict[int, int]:

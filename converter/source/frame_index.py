@@ -21,8 +21,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import numpy as np
+
 from converter.errors import DecodeError
 from converter.source.instance import WsiInstance
+from converter.source.item_table import as_u64, items_match_table, u64_array
 
 _ITEM = 0xE000FFFE  # (FFFE,E000) read as little-endian uint32 of group|elem<<16
 _SEQ_DELIM = 0xE0DDFFFE
@@ -73,6 +76,8 @@ class FrameIndex:
         return tuple(zip(self.offsets[a:b], self.lengths[a:b]))
 
     def total_bytes(self) -> int:
+        if len(self.offsets) == len(self.first):  # one fragment a frame (frames cover the fragments in runs)
+            return sum(self.lengths)
         return sum(self.lengths[a] if b == a + 1 else sum(self.lengths[a:b]) for a, b in zip(self.first, self.end))
 
     def _cut(self, frame: int, got: int, length: int) -> DecodeError:
@@ -169,6 +174,11 @@ def build_frame_index(instance: WsiInstance, fp: BinaryIO) -> FrameIndex:
     if len(bot_raw) != bot_len:
         raise _truncated(path, "basic offset table cut short")
     first_fragment = loc.offset + 8 + bot_len
+    eot, eotl = loc.extended_offsets, loc.extended_lengths
+    if (not bot_len and eot is not None and eotl is not None and len(eot) == n_frames
+            and items_match_table(fd, first_fragment, eot, eotl, file_size)):
+        # One fragment per frame where the Extended Offset Table says (PS3.3 C.7.6.3.1.8), checked in bulk.
+        return _one_each(path, u64_array(as_u64(eot) + np.uint64(first_fragment + 8)), u64_array(as_u64(eotl)))
     # Item headers, one positioned read each (PS3.5 A.4: tag, 32-bit length, value).
     offsets, lengths = array("Q"), array("Q")
     pos = first_fragment

@@ -16,13 +16,17 @@ endian, and the encapsulated ones, PS3.5 A.4) all are.
 
 from __future__ import annotations
 
+import io
 import struct
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from pydicom.datadict import dictionary_VR
 
 from converter.errors import InstanceRefused
+from converter.source.item_table import items_match_table
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -76,11 +80,15 @@ class HeaderScan:
     """Its defined length (native) or None (encapsulated)."""
     file_size: int = 0
     basic_offsets: tuple[int, ...] = ()
-    fragment_offsets: tuple[int, ...] = ()
-    """Fragment item offsets relative to the first fragment (the Basic Offset Table's origin, PS3.5 A.4)."""
-    fragment_lengths: tuple[int, ...] = ()
-    extended_offsets: tuple[int, ...] | None = None
-    extended_lengths: tuple[int, ...] | None = None
+    fragment_offsets: Sequence[int] = ()
+    """Fragment item offsets relative to the first fragment (the Basic Offset Table's origin, PS3.5 A.4).
+
+    This and the three below are array('Q') (8 bytes a frame): a 150,000 px slide has ~275,000
+    frames, and tuples of ints cost ~40 bytes each (issue 14: memory flat in the frame count).
+    With a matching Extended Offset Table they are the very same arrays as the table."""
+    fragment_lengths: Sequence[int] = ()
+    extended_offsets: Sequence[int] | None = None
+    extended_lengths: Sequence[int] | None = None
     positions: tuple[Position, ...] | None = field(default=None, repr=False)
     """One per PerFrameFunctionalGroupsSequence item; None: no such sequence."""
 
@@ -281,14 +289,23 @@ def scan_header(fp: BinaryIO, max_header_bytes: int, max_depth: int) -> HeaderSc
         fp.seek(pos)
 
 
-def _result(syntax, header_bytes, depth, offset, length, file_size, positions, eot, **pixel) -> HeaderScan:
-    def q(raw: bytes | None) -> tuple[int, ...] | None:
-        return None if raw is None else tuple(struct.unpack(f"<{len(raw) // 8}Q", raw[: len(raw) // 8 * 8]))
+def _q(raw: bytes | None) -> array | None:
+    if raw is None:
+        return None
+    out = array("Q")
+    out.frombytes(raw[: len(raw) // 8 * 8])
+    return out
 
+
+def _result(syntax, header_bytes, depth, offset, length, file_size, positions, eot, **pixel) -> HeaderScan:
+    table = pixel.pop("table", None)
+    table = _q(eot.get(_EOT)) if table is None else table
+    table_lengths = pixel.pop("table_lengths", None)
+    table_lengths = _q(eot.get(_EOT_LENGTHS)) if table_lengths is None else table_lengths
     pos = None if positions is None else tuple(Position(c if c is None else int(c), r if r is None else int(r), z, p)
                                                for c, r, z, p in positions)
     return HeaderScan(syntax, header_bytes, depth, offset, length, file_size, positions=pos,
-                      extended_offsets=q(eot.get(_EOT)), extended_lengths=q(eot.get(_EOT_LENGTHS)), **pixel)
+                      extended_offsets=table, extended_lengths=table_lengths, **pixel)
 
 
 def _pixel_data(fp, syntax, header_bytes, depth, value_at, length, file_size, positions, eot) -> HeaderScan:
@@ -310,8 +327,13 @@ def _pixel_data(fp, syntax, header_bytes, depth, value_at, length, file_size, po
     bot = fp.read(bot_len)
     basic = struct.unpack(f"<{bot_len // 4}I", bot)
     first = value_at + 8 + bot_len
-    offsets: list[int] = []
-    lengths: list[int] = []
+    table, table_lengths = _q(eot.get(_EOT)), _q(eot.get(_EOT_LENGTHS))
+    if not bot_len and table and table_lengths is not None and _fileno(fp) is not None:
+        if items_match_table(_fileno(fp), first, table, table_lengths, file_size):
+            # One fragment per frame exactly where the table says: the table is the fragment list.
+            return _result(syntax, header_bytes, depth, value_at, None, file_size, positions, eot, basic_offsets=basic,
+                           fragment_offsets=table, fragment_lengths=table_lengths, table=table, table_lengths=table_lengths)
+    offsets, lengths = array("Q"), array("Q")
     pos = first
     while True:
         fp.seek(pos)
@@ -329,4 +351,11 @@ def _pixel_data(fp, syntax, header_bytes, depth, value_at, length, file_size, po
         lengths.append(item_len)
         pos += 8 + item_len
     return _result(syntax, header_bytes, depth, value_at, None, file_size, positions, eot,
-                   basic_offsets=basic, fragment_offsets=tuple(offsets), fragment_lengths=tuple(lengths))
+                   basic_offsets=basic, fragment_offsets=offsets, fragment_lengths=lengths)
+
+
+def _fileno(fp: BinaryIO) -> int | None:
+    try:
+        return fp.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None

@@ -15,6 +15,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pydicom
@@ -66,8 +67,9 @@ class PixelDataLocation:
     length: int | None
     """Defined length (native pixel data) or None (encapsulated)."""
     encapsulated: bool
-    extended_offsets: tuple[int, ...] | None = None
-    extended_lengths: tuple[int, ...] | None = None
+    extended_offsets: Sequence[int] | None = field(default=None, hash=False)
+    """array('Q') from the header scan (8 bytes a frame), relative to the first fragment item."""
+    extended_lengths: Sequence[int] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)

@@ -270,14 +270,15 @@ def _pixel_data(r: _Rules, scan: HeaderScan, frame_bytes: int, frames: int) -> N
         r.add("invalid", "PixelData", f"{fragments} fragments cannot hold {frames} frames",
               f"the encapsulated PixelData has {fragments} fragments; each of the {frames} frames needs at least one (PS3.5 A.4).")
         return
-    starts = set(scan.fragment_offsets)
     bot = scan.basic_offsets
-    if bot and (len(bot) != frames or bot[0] != 0 or any(o not in starts for o in bot)):
+    if bot and (len(bot) != frames or bot[0] != 0 or not set(bot) <= set(scan.fragment_offsets)):
         r.add("invalid", "PixelData", "Basic Offset Table does not match the frames",
               f"the Basic Offset Table has {len(bot)} entries for {frames} frames, or points between fragments (PS3.5 A.4).")
     eot, eotl = scan.extended_offsets, scan.extended_lengths
     if eot is None and eotl is None:
         return
+    if eot is scan.fragment_offsets and eotl is scan.fragment_lengths and not bot and len(eot) == frames:
+        return  # the header scan matched every item to the table (converter.source.item_table)
     lengths = dict(zip(scan.fragment_offsets, scan.fragment_lengths))
     if eot is None or eotl is None or bot or len(eot) != frames or len(eotl) != frames or fragments != frames:
         r.add("invalid", "ExtendedOffsetTable", "Extended Offset Table does not match the frames",

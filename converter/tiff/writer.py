@@ -15,6 +15,7 @@ Two layouts:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -39,6 +40,8 @@ class TiffLevel:
     subsampling: tuple[int, int]
     spacing_mm: tuple[float, float] | None
     """(row, column) pixel spacing of this level."""
+    placeholder: bool = False
+    """Write the level's tiles empty: converter.tiff.splice appends its frames and points the tiles at them."""
 
 
 @dataclass
@@ -66,8 +69,9 @@ def _resolution(spacing: tuple[float, float] | None) -> dict:
 
 def _write_level(tif: tifffile.TiffWriter, lv: TiffLevel, reduced: bool, description: str | None, icc: bytes | None) -> None:
     shape = (lv.height, lv.width) if lv.samples == 1 else (lv.height, lv.width, lv.samples)
+    count = -(-lv.width // lv.tile_width) * -(-lv.height // lv.tile_height)
     tif.write(
-        iter(lv.tiles),
+        itertools.repeat(b"", count) if lv.placeholder else iter(lv.tiles),
         shape=shape,
         dtype=np.uint8,
         tile=(lv.tile_height, lv.tile_width),

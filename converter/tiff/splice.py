@@ -1,0 +1,227 @@
+"""Copied levels placed by the kernel: source byte ranges appended to the TIFF, tiles pointed at them.
+
+Why: a copied level's frames are already complete JPEG bitstreams lying back to back in the
+DICOM file (one fragment each, an 8-byte item header before each, PS3.5 A.4), and a TIFF's tile
+offsets may point anywhere in its file (TIFF 6.0, TileOffsets). So tifffile writes the TIFF
+structure with empty tiles for such levels (converter.tiff.writer, `placeholder`), then each run
+of frames is appended here with `os.copy_file_range`, as `cp` does: the bytes never pass through
+Python (a 4 GB level 0 through tifffile's per-tile writes took 3.3x `cp`). Last, the level's
+TileOffsets and TileByteCounts are overwritten in place with tifffile (`TiffTag.overwrite`) to
+name each frame's place inside the copied ranges; the few item headers between frames stay in the
+file unreferenced. A run starts at the same place in a 4 KiB block as in the source, so a file
+system that can share blocks (XFS, Btrfs reflinks) may do so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from converter.errors import DecodeError
+
+_BLOCK = 4096
+_BUFFER = 8 << 20
+_CHUNK = 256 << 20
+"""Bytes copied per step; after each, its write-back to disk is started (start_writeback)."""
+# copy_file_range refuses across file systems on older kernels (EXDEV), is missing (ENOSYS), or
+# refuses a file system or file kind (EINVAL, EOPNOTSUPP, ETXTBSY, EPERM on some FUSE mounts).
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ETXTBSY, errno.EPERM}
+
+
+@dataclass(frozen=True)
+class Run:
+    """Bytes [start, stop) of a source file, copied as one range."""
+
+    path: str
+    start: int
+    stop: int
+
+
+@dataclass
+class LevelSplice:
+    """Where every tile of one copied level comes from."""
+
+    runs: list[Run]
+    tile_run: np.ndarray
+    """int64 per tile (raster order): index into `runs`; -1: no frame, the fill tile is used."""
+    tile_offset: np.ndarray
+    """uint64 per tile: offset of its frame from its run's start."""
+    counts: np.ndarray
+    """uint64 per tile: the frame's byte count (its fragment length, padding included, as copied before)."""
+    fill: bytes
+    """Tile written once for missing tiles (TILED_SPARSE holes)."""
+
+    @property
+    def max_bytes(self) -> int:
+        """Upper bound of what splicing appends (runs, block alignment, fill)."""
+        return sum(r.stop - r.start + _BLOCK for r in self.runs) + len(self.fill) + _BLOCK
+
+
+def _cut(path: str, offset: int) -> DecodeError:
+    return DecodeError(f"{path}: the file ended at byte {offset} while its frames were copied; the file is truncated.",
+                       "Send or copy the file again.")
+
+
+def copy_by_reads(src: int, dst: int, src_offset: int, count: int, dst_offset: int, path: str = "source") -> None:
+    """Copy with pread/pwrite through one 8 MiB buffer (the last fallback: any file system)."""
+    done = 0
+    while done < count:
+        data = os.pread(src, min(_BUFFER, count - done), src_offset + done)
+        if not data:
+            raise _cut(path, src_offset + done)
+        view, k = memoryview(data), 0
+        while k < len(data):
+            k += os.pwrite(dst, view[k:], dst_offset + done + k)
+        done += len(data)
+
+
+def copy_by_sendfile(src: int, dst: int, src_offset: int, count: int, dst_offset: int, path: str = "source") -> None:
+    """Copy with sendfile(2) (in the kernel, to a regular file since Linux 2.6.33); reads as a fallback."""
+    done = 0
+    try:
+        os.lseek(dst, dst_offset, os.SEEK_SET)
+        while done < count:
+            n = os.sendfile(dst, src, src_offset + done, count - done)
+            if n == 0:
+                raise _cut(path, src_offset + done)
+            done += n
+    except OSError as exc:
+        if exc.errno not in _NO_KERNEL_COPY:
+            raise
+        copy_by_reads(src, dst, src_offset + done, count - done, dst_offset + done, path)
+
+
+def copy_range(src: int, dst: int, src_offset: int, count: int, dst_offset: int, path: str = "source") -> None:
+    """Copy `count` bytes inside the kernel (copy_file_range, like cp), falling back where refused.
+
+    ENOSPC and other write errors propagate: the conversion reports them (converter.conversion.run).
+    """
+    done = 0
+    try:
+        while done < count:
+            n = os.copy_file_range(src, dst, count - done, src_offset + done, dst_offset + done)
+            if n == 0:
+                raise _cut(path, src_offset + done)
+            done += n
+    except (OSError, AttributeError) as exc:  # AttributeError: no os.copy_file_range on this platform
+        if isinstance(exc, OSError) and exc.errno not in _NO_KERNEL_COPY:
+            raise
+        copy_by_sendfile(src, dst, src_offset + done, count - done, dst_offset + done, path)
+
+
+def _load_sync_file_range():
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a just-copied range to disk (sync_file_range SYNC_FILE_RANGE_WRITE, asynchronous).
+
+    Why: the kernel would otherwise start only once gigabytes are dirty, and the final fsync
+    would then wait for most of the file; started per chunk, the disk writes while the copy goes
+    on. Nothing is made durable here (no metadata, no device cache): the fsync before the rename
+    does that (converter.durable). Where the call is missing or refused, nothing is done.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE; an error shows again at fsync
+
+
+class Cancelled(Exception):
+    """The copy was stopped because a frame check failed meanwhile."""
+
+
+def _append(dst: int, pos: int, splice: LevelSplice, sources: dict[str, int],
+            stop: threading.Event | None) -> tuple[int, np.ndarray, np.ndarray]:
+    """Append one level's runs (and fill tile) at `pos`; its tile offsets and byte counts, and the new end."""
+    run_at = np.zeros(max(1, len(splice.runs)), np.uint64)
+    for r, run in enumerate(splice.runs):
+        pos += (run.start - pos) % _BLOCK
+        src = sources.get(run.path)
+        if src is None:
+            src = sources[run.path] = os.open(run.path, os.O_RDONLY)
+        run_at[r] = pos
+        for lo in range(run.start, run.stop, _CHUNK):
+            if stop is not None and stop.is_set():
+                raise Cancelled()
+            n = min(_CHUNK, run.stop - lo)
+            copy_range(src, dst, lo, n, pos, run.path)
+            start_writeback(dst, pos, n)
+            pos += n
+    missing = splice.tile_run < 0
+    fill_at = 0
+    if missing.any():
+        os.pwrite(dst, splice.fill, pos)
+        fill_at, pos = pos, pos + len(splice.fill)
+    offsets = np.where(missing, np.uint64(fill_at), run_at[np.maximum(splice.tile_run, 0)] + splice.tile_offset)
+    counts = np.where(missing, np.uint64(len(splice.fill)), splice.counts)
+    return pos, offsets.astype(np.uint64), counts.astype(np.uint64)
+
+
+_TAG_DTYPES = {3: "<u2", 4: "<u4", 16: "<u8"}  # SHORT, LONG, LONG8
+
+
+def _overwrite(tag: tifffile.TiffTag, values: np.ndarray) -> None:
+    dtype = _TAG_DTYPES[int(tag.dtype)]
+    if tag.count != len(values):
+        raise ValueError(f"tag {tag.name} has {tag.count} values, the level {len(values)} tiles")
+    if len(values) and int(values.max()) > np.iinfo(dtype).max:
+        raise ValueError(f"tag {tag.name}: value {int(values.max())} does not fit its type; the TIFF must be BigTIFF")
+    tag.overwrite(values.astype(dtype).tobytes())
+
+
+Placed = dict[int, tuple[np.ndarray, np.ndarray]]
+
+
+def append_levels(path: Path, levels: dict[int, LevelSplice], stop: threading.Event | None = None) -> Placed:
+    """Append the copied levels' frames to the file at `path`; each IFD's tile offsets and byte counts.
+
+    `levels` maps IFD index -> what to copy into it. Runs in a thread beside the frame checks
+    (the kernel copies with the GIL released); `stop` set: raise Cancelled at the next chunk.
+    """
+    sources: dict[str, int] = {}
+    placed: Placed = {}
+    dst = os.open(path, os.O_RDWR)
+    try:
+        pos = os.fstat(dst).st_size
+        for page, splice in levels.items():
+            pos, offsets, counts = _append(dst, pos, splice, sources, stop)
+            placed[page] = (offsets, counts)
+    finally:
+        os.close(dst)
+        for fd in sources.values():
+            os.close(fd)
+    return placed
+
+
+def splice_levels(path: Path, levels: dict[int, LevelSplice]) -> None:
+    """Append the copied levels' frames to the TIFF at `path` and point its IFDs' tiles at them.
+
+    `levels` maps IFD index -> what to copy into it; those IFDs were written with empty tiles.
+    """
+    if levels:
+        point_tiles(path, append_levels(path, levels))
+
+
+def point_tiles(path: Path, placed: Placed) -> None:
+    """Overwrite TileOffsets and TileByteCounts of the IFDs in `placed` (same count, same type, in place)."""
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        for page, (offsets, counts) in placed.items():
+            tags = tif.pages[page].tags
+            _overwrite(tags["TileOffsets"], offsets)
+            _overwrite(tags["TileByteCounts"], counts)
