@@ -32,6 +32,7 @@ from typing import Any, Callable
 from config.options import default
 from config.settings import BatchSettings
 from converter.executors import make_configured_executor
+from converter.executors.local import BACKGROUND_NICE
 from config.errors import ConfigError
 from converter.inbox.completeness.profiles import SenderProfile
 from converter.inbox.pipeline import InboxPipeline
@@ -81,8 +82,9 @@ class Node:
                                    reserve_bytes=settings.disk_reserve_mb << 20, keep_other=settings.dimse.accept_other_storage,
                                    limits=settings.limits)
         self.tracker = Tracker(Path(p.state_dir) / "wsi-node.sqlite", settings.settle, settings.quiet, settings.profiles)
-        # local processes, or a Dask cluster (--executor dask: connects and checks the shared paths now, docs/scale-out.md)
-        self.executor = make_configured_executor(p, start_method="forkserver")
+        # local processes, or a Dask cluster (--executor dask: connects and checks the shared paths now, docs/scale-out.md);
+        # local conversions run below the receivers' CPU priority (BACKGROUND_NICE: a sender must not wait for a conversion)
+        self.executor = make_configured_executor(p, start_method="forkserver", nice=BACKGROUND_NICE)
         self.pipeline = InboxPipeline(p, self.executor, tracker=self.tracker, max_attempts=settings.max_attempts,
                                       memory_cap_mb=settings.conversion_memory_mb)
         self.pipeline.on_job_done = self.wake.set

@@ -13,8 +13,11 @@ from pathlib import Path
 from config.settings import BatchSettings
 
 
-def make_configured_executor(settings: BatchSettings, start_method: str = "forkserver") -> Executor:
+def make_configured_executor(settings: BatchSettings, start_method: str = "forkserver", nice: int = 0) -> Executor:
     """The executor `settings.executor` names, at most `max_concurrent` conversions at once.
+
+    `nice`: CPU priority of local conversion processes (the node passes local.BACKGROUND_NICE so that
+    its receivers come first); Dask workers are other processes, started and prioritised by their operator.
 
     For dask this connects, waits for a worker and checks the shared-path contract (a ConfigError at
     start when the extra is missing, the scheduler unreachable, or a worker sees other folders).
@@ -30,4 +33,4 @@ def make_configured_executor(settings: BatchSettings, start_method: str = "forks
                                   serving=Path(settings.serving))
     from converter.executors.local import make_executor
 
-    return make_executor(settings.max_concurrent, start_method=start_method)
+    return make_executor(settings.max_concurrent, start_method=start_method, nice=nice)

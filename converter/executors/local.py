@@ -41,6 +41,19 @@ log = logging.getLogger("wsi_node.executor")
 
 MB = 1 << 20
 
+BACKGROUND_NICE = 10
+"""Nice value added to conversions run inside `wsi-node serve` (issue 14, target 3).
+
+The receivers and the conversions share the machine's cores (2 on the reference machine), and
+a copy-mode conversion keeps one core busy, mostly in the kernel copying pages. A sender that
+is kept waiting can time out (DIMSE and ACSE timeouts); a conversion that waits a little is
+published a little later. So the node's own threads (receivers, main loop) come first when both
+want a core: nice 10 gives a conversion about 10 % of a core that a receiver thread also wants
+(CFS weights 110 vs 1024), and the whole core when nobody else does, so an idle node converts
+as fast as `wsi-node convert` (which keeps nice 0). Only CPU priority: the I/O is mostly the
+kernel's writeback threads, which an I/O priority of the writer does not reach.
+"""
+
 
 class WorkerDied(WsiNodeError):
     """The process running a task ended without returning a result (killed, crashed, exited)."""
@@ -99,8 +112,17 @@ def conversion_budget(width: int, tile_height: int, samples: int, threads: int, 
     return min(cap_bytes, 256 * MB + 16 * MB * max(1, threads) + 8 * strip)
 
 
-def _child(conn: Connection, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
-    """Runs in the task's process: the result, or the exception, goes back over `conn`."""
+def _child(conn: Connection, fn: Callable[..., Any], args: tuple, kwargs: dict, nice: int = 0) -> None:
+    """Runs in the task's process: the result, or the exception, goes back over `conn`.
+
+    `nice` is applied first, while the process has one thread, so that every thread the conversion
+    starts later (codec pools) inherits it: Linux keeps a nice value per thread.
+    """
+    if nice > 0:
+        try:
+            os.nice(nice)
+        except OSError:  # raising one's own nice value is always allowed; a sandbox may still refuse it
+            pass
     try:
         outcome: tuple[bool, Any] = (True, fn(*args, **kwargs))
     except BaseException as exc:  # handed to the future, whatever it is
@@ -131,8 +153,11 @@ class _Running:
 class IsolatedProcessExecutor(Executor):
     """At most `max_workers` tasks at once, each in a fresh process; see the module docstring."""
 
-    def __init__(self, max_workers: int, start_method: str = "forkserver", preload: tuple[str, ...] = ()) -> None:
+    def __init__(self, max_workers: int, start_method: str = "forkserver", preload: tuple[str, ...] = (),
+                 nice: int = 0) -> None:
         self.max_workers = max(1, max_workers)
+        self.nice = max(0, nice)
+        """Added to each task process's nice value (CPU priority): 0 for the CLI, BACKGROUND_NICE in the node."""
         self._ctx = multiprocessing.get_context(start_method)
         if start_method == "forkserver" and preload:
             self._ctx.set_forkserver_preload(list(preload))
@@ -228,7 +253,7 @@ class IsolatedProcessExecutor(Executor):
             if task.future.cancelled():
                 continue
             receive, send = self._ctx.Pipe(duplex=False)
-            process = self._ctx.Process(target=_child, args=(send, task.fn, task.args, task.kwargs), daemon=True)
+            process = self._ctx.Process(target=_child, args=(send, task.fn, task.args, task.kwargs, self.nice), daemon=True)
             try:
                 process.start()
             except OSError as exc:  # fork failed (EAGAIN, ENOMEM), the forkserver is gone: the task waits
@@ -316,8 +341,9 @@ class IsolatedProcessExecutor(Executor):
         r.process.close()
 
 
-def make_executor(max_workers: int, start_method: str = "forkserver") -> Executor:
-    """The local executor: one fresh process per task, at most `max_workers` at once.
+def make_executor(max_workers: int, start_method: str = "forkserver", nice: int = 0) -> Executor:
+    """The local executor: one fresh process per task, at most `max_workers` at once, each at `nice`
+    (see BACKGROUND_NICE).
 
     Processes start from a forkserver that has the converter preloaded, whatever `start_method`
     asks: the executor forks from its own supervisor thread, and forking a process that runs
@@ -326,4 +352,4 @@ def make_executor(max_workers: int, start_method: str = "forkserver") -> Executo
     forkserver; the server costs about 0.3 s once per executor.
     """
     del start_method  # see above: always forkserver
-    return IsolatedProcessExecutor(max_workers, "forkserver", preload=("converter.conversion.convert",))
+    return IsolatedProcessExecutor(max_workers, "forkserver", preload=("converter.conversion.convert",), nice=nice)
