@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 
@@ -16,24 +17,30 @@ from tests.support.node import tmpfs
 MB = 1 << 20
 
 
-def test_everything_queued_is_written_in_order_with_write_back_ranges(tmp_path):
-    path = tmp_path / "f"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        os.write(fd, b"head")
-        w = WriteBehind(fd, offset=4, max_pending=256 << 10, writeback_every=100_000)  # many ranges, producer waits
-        buf = bytearray(os.urandom(3 * MB))
-        expected = b"head"
-        for i in range(0, len(buf), 65_537):  # memoryviews, bytes and bytearrays alike
-            piece = memoryview(buf)[i:i + 65_537]
-            piece = bytes(piece) if i % 3 == 0 else piece
-            assert w.put(piece)
-            expected += bytes(piece)
-        assert w.drain() is None and w.written == len(expected) and w.pending == 0
-        w.stop()
-    finally:
-        os.close(fd)
-    assert path.read_bytes() == expected
+@pytest.mark.parametrize("where", ["disk", "tmpfs"])
+def test_everything_queued_is_written_in_order(tmp_path, where):
+    """Many pieces and write-back ranges, with sync_file_range on a disk and on tmpfs."""
+    with tmpfs(tmp_path / "t", 32) if where == "tmpfs" else contextlib.nullcontext(tmp_path) as folder:
+        path = folder / "f"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+        try:
+            os.write(fd, b"head")
+            w = WriteBehind(fd, offset=4, max_pending=256 << 10, writeback_every=100_000)
+            buf = bytearray(os.urandom(20 * MB + 123))
+            expected = bytearray(b"head")
+            for i in range(0, len(buf), 65_537):  # memoryviews, bytes and bytearrays alike
+                piece = memoryview(buf)[i:i + 65_537]
+                piece = bytes(piece) if i % 3 == 0 else piece
+                assert w.put(piece)
+                expected += piece
+            assert w.drain() is None and w.written == len(expected) and w.pending == 0
+            assert w.put(b"after the drain")
+            expected += b"after the drain"
+            assert w.drain() is None
+            w.stop()
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == expected
 
 
 def test_a_write_error_stops_the_writer_and_is_reported(tmp_path):
