@@ -23,12 +23,18 @@ unless --keep-inputs. For each repetition every size runs, in an order that rota
   receive time to an idle node (its own serve run in the same repetition). BIG's conversion time
   under that load is reported too.
 
+CPU accounting (/proc/<pid>/schedstat, sampled every 50 ms): the conversion process's time on a
+CPU and its time runnable but waiting for one (run-queue wait), for serve and cli alike, and
+the node's threads' during each push. On a shared machine the wall times mostly differ by the
+run-queue wait (other people's processes); equal CPU times mean the node adds no work.
+
 Targets: 3) serve's conversion (timings.total) / cli's within 0.9-1.1, and the second sender's
 throughput during a conversion / idle >= ~0.9 ("full speed"); 7) publish latency <= conversion
 + 3 s (publication within receive + conversion + 3 s), for a slide whose pyramid is complete.
 
 Prints a Markdown table of medians and the ratios per size; writes every run to
---work/results-e2e.json. The page cache is flushed (sync) before every push. Needs DCMTK.
+--work/results-e2e.json. Before every run as many bytes as it will write are written to
+a file and deleted (see prime()); the page cache is flushed (sync) before every push. Needs DCMTK.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -47,7 +54,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    NODE_AE, dcm_files, fmt, free_port, markdown_table, med, node_process, push, series_uid, wait_published,
+    NODE_AE, dcm_files, descendants, fmt, free_port, markdown_table, med, node_process, push, series_uid, wait_published,
 )
 from gen_big import big_spec, write_big_series  # noqa: E402
 
@@ -70,6 +77,67 @@ def big_input(work: Path, width: int) -> Path:
 def describe(folder: Path) -> dict:
     files = dcm_files(folder)
     return {"files": len(files), "bytes": sum(p.stat().st_size for p in files), "uid": series_uid(folder)}
+
+
+# --- CPU accounting from /proc --------------------------------------------------------------------
+def schedstat(path: str) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for one) of a task, from its schedstat."""
+    try:
+        run, wait, _ = open(path).read().split()
+        return int(run) / 1e9, int(wait) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for t in os.listdir(f"/proc/{pid}/task") for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
+    except OSError:
+        return []
+
+
+class CpuWatch(threading.Thread):
+    """Every 50 ms: the schedstat of each grandchild process that appeared under `root` after the start
+    (forked by the executor's forkserver; the conversion process is the one with the most CPU time) and of each thread of `root` itself (the
+    receivers). Machine noise shows as run-queue wait; the CPU a conversion needs is its run time."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root, self.before = root, set(descendants(root))
+        self.procs: dict[int, tuple[float, float]] = {}
+        self.threads: dict[int, tuple[float, float]] = {}
+        self.halt = threading.Event()
+
+    def sample(self) -> None:
+        children = set(descendants(self.root)) - set(_children(self.root))  # not the forkserver nor the resource tracker
+        for pid in children - self.before:
+            if (st := schedstat(f"/proc/{pid}/schedstat")) is not None:
+                self.procs[pid] = st
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{self.root}/task")]
+        except OSError:
+            tids = []
+        for tid in tids:
+            if (st := schedstat(f"/proc/{self.root}/task/{tid}/schedstat")) is not None:
+                self.threads[tid] = st
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            self.sample()
+            self.halt.wait(0.05)
+
+    def finish(self) -> None:
+        self.halt.set()
+        self.join()
+
+    def conversion(self) -> tuple[float | None, float | None]:
+        """(CPU s, run-queue wait s) of the busiest new process."""
+        if not self.procs:
+            return None, None
+        return max(self.procs.values())
+
+    def threads_total(self) -> tuple[float, float]:
+        return sum(v[0] for v in self.threads.values()), sum(v[1] for v in self.threads.values())
 
 
 # --- the node's own account -----------------------------------------------------------------------
@@ -121,42 +189,75 @@ def cleanup(*paths: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def prime(nbytes: int, folder: Path) -> None:
+    """Write and delete `nbytes` of zeros in `folder` before a run.
+
+    On this VM, page cache in memory the guest has not touched before costs several times more to
+    write than pages a deleted file freed (measured by another bench, bench/_common.py: 0.25 s vs up
+    to 4 s per GB). A conversion inside serve writes right after the receive took fresh pages, the
+    CLI's after the last run's files were deleted: without this the order of the runs, not the
+    node, decides the ratio. Each run gets at least the memory it will write, freed.
+    """
+    path = folder / ".prime"
+    block = bytes(8 << 20)
+    with open(path, "wb", buffering=0) as f:
+        for _ in range(0, nbytes, len(block)):
+            f.write(block)
+    path.unlink()
+
+
 # --- runs ---------------------------------------------------------------------------------------
 def run_serve(work: Path, src: Path, m: dict, timeout: float = 900) -> dict:
     data, log = fresh(work, "node")
+    prime(2 * m["bytes"], work)  # the inbox and serving copies
     port = free_port()
     try:
         with node_process(data, log, port, "--quiet-period", "60", "--log-format", "json", env=node_env()) as scp:
             scp.poller.start()
+            watch = CpuWatch(scp.proc.pid)
+            watch.sample()
+            before = watch.threads_total()
+            watch.start()
             t0 = time.time()
             wall = push(src, port, NODE_AE)
             done_wall, done = time.time(), time.monotonic()
+            after = watch.threads_total()
             latency, conversion = wait_published(data, m["uid"], done, timeout, scp.proc, log)
             wait_log(log, m["uid"], "published", 10, scp.proc)
+            watch.finish()
+            cpu, cpu_wait = watch.conversion()
             hwm = scp.hwm_kb()
             times = log_times(log, m["uid"])
         return {"receive": wall, "mbps": m["bytes"] / 1e6 / wall, "latency": latency, "conversion": conversion,
                 "start_after_receive": times["converting"] - done_wall, "node_span": times["published"] - times["converting"],
-                "end_to_end": done_wall - t0 + latency, "rss_main": scp.poller.main_kb / 1024,
+                "end_to_end": done_wall - t0 + latency, "cpu": cpu, "cpu_wait": cpu_wait,
+                "node_cpu": after[0] - before[0], "node_wait": after[1] - before[1], "rss_main": scp.poller.main_kb / 1024,
                 "rss_tree": scp.poller.tree_kb / 1024, "hwm_main": hwm / 1024}
     finally:
         cleanup(data, log)
 
 
-def run_cli(work: Path, src: Path) -> dict:
+def run_cli(work: Path, src: Path, m: dict) -> dict:
     out = work / "cli-out"
     cleanup(out)
     out.mkdir()
+    prime(2 * m["bytes"], work)  # as much as serve gets
     target = out / "slide.tiff"
     os.sync()
     t = time.monotonic()
-    proc = subprocess.run([WSI_NODE, "convert", "--mode", "auto", "-o", str(target), str(src)], capture_output=True, text=True)
+    proc = subprocess.Popen([WSI_NODE, "convert", "--mode", "auto", "-o", str(target), str(src)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watch = CpuWatch(proc.pid)
+    watch.start()
+    _, err = proc.communicate()
     wall = time.monotonic() - t
+    watch.finish()
+    cpu, cpu_wait = watch.conversion()
     try:
         if proc.returncode != 0:
-            raise RuntimeError(f"wsi-node convert failed ({proc.returncode}): {proc.stderr[-2000:]}")
+            raise RuntimeError(f"wsi-node convert failed ({proc.returncode}): {err[-2000:]}")
         report = json.loads(target.with_suffix(".json").read_text())
-        return {"cli_wall": wall, "cli_conversion": report["timings"]["total"]}
+        return {"cli_wall": wall, "cli_conversion": report["timings"]["total"], "cli_cpu": cpu, "cli_cpu_wait": cpu_wait}
     finally:
         cleanup(out)
 
@@ -164,16 +265,24 @@ def run_cli(work: Path, src: Path) -> dict:
 def run_busy(work: Path, big: Path, mb: dict, other: Path, mo: dict, timeout: float = 900) -> dict:
     """BIG pushed, then OTHER pushed while BIG converts: OTHER's receive time and BIG's conversion time."""
     data, log = fresh(work, "node-busy")
+    prime(2 * (mb["bytes"] + mo["bytes"]), work)
     port = free_port()
     try:
         with node_process(data, log, port, "--quiet-period", "60", "--log-format", "json", env=node_env()) as scp:
             push(big, port, NODE_AE)
             wait_log(log, mb["uid"], "converting", 60, scp.proc)
+            watch = CpuWatch(scp.proc.pid)
+            watch.sample()
+            before = watch.threads_total()
+            watch.start()
             wall = push(other, port, NODE_AE)
+            watch.finish()
+            after = watch.threads_total()
             still = "published" not in log_times(log, mb["uid"])
             _, conversion = wait_published(data, mb["uid"], time.monotonic(), timeout, scp.proc, log)
             wait_published(data, mo["uid"], time.monotonic(), timeout, scp.proc, log)
-        return {"busy_receive": wall, "busy_mbps": mo["bytes"] / 1e6 / wall, "busy_during": still, "busy_conversion": conversion}
+        return {"busy_receive": wall, "busy_mbps": mo["bytes"] / 1e6 / wall, "busy_during": still, "busy_conversion": conversion,
+                "busy_node_cpu": after[0] - before[0], "busy_node_wait": after[1] - before[1]}
     finally:
         cleanup(data, log)
 
@@ -204,7 +313,7 @@ def main() -> int:
                 r: dict = {}
                 steps = ["serve", "cli"] if rep % 2 == 0 else ["cli", "serve"]  # who goes first alternates
                 for step in steps:
-                    r.update(run_serve(work, inputs[w], meta[w]) if step == "serve" else run_cli(work, inputs[w]))
+                    r.update(run_serve(work, inputs[w], meta[w]) if step == "serve" else run_cli(work, inputs[w], meta[w]))
                 runs[w].append(r)
                 print(f"rep {rep + 1} {w}: receive {r['receive']:.2f} s ({r['mbps']:.0f} MB/s), serve conversion "
                       f"{r['conversion']:.2f} s, cli {r['cli_conversion']:.2f} s (wall {r['cli_wall']:.2f}), publish latency "
@@ -232,17 +341,21 @@ def main() -> int:
         rows.append([f"{w} x {int(w * 0.8)}", f"{m['bytes'] / 1e6:.0f}", fmt(med(rs, "receive")), f"{med(rs, 'mbps'):.0f}",
                      f"{max(r['rss_main'] for r in rs):.0f}", f"{max(r['rss_tree'] for r in rs):.0f}",
                      fmt(med(rs, "conversion")), fmt(med(rs, "cli_conversion")), fmt(med(rs, "cli_wall")),
-                     f"{statistics.median(ratio):.2f}", fmt(med(rs, "start_after_receive")), fmt(med(rs, "latency")),
+                     f"{statistics.median(ratio):.2f}", f"{fmt(med(rs, 'cpu'))} / {fmt(med(rs, 'cli_cpu'))}",
+                     f"{fmt(med(rs, 'cpu_wait'))} / {fmt(med(rs, 'cli_cpu_wait'))}", fmt(med(rs, "start_after_receive")), fmt(med(rs, "latency")),
                      fmt(statistics.median(slack)), fmt(med(rs, "end_to_end"))])
     print(markdown_table(["slide", "MB", "receive s", "receive MB/s", "peak RSS MB node", "peak RSS MB tree",
                           "conversion in serve s", "conversion cli s", "cli wall s", "serve / cli",
+                          "conversion CPU s serve / cli", "conversion run-queue wait s serve / cli",
                           "converting after receive s", "publish latency s", "latency - conversion s (target <= 3)",
                           "push start to published s"], rows))
     print()
     for w, rs in runs.items():
         ratio = [r["conversion"] / r["cli_conversion"] for r in rs]
+        cpu = [r["cpu"] / r["cli_cpu"] for r in rs if r.get("cpu") and r.get("cli_cpu")]
         print(f"- {w}: serve / cli conversion = {statistics.median(ratio):.2f} (per repetition: "
-              f"{', '.join(f'{x:.2f}' for x in ratio)}); latency - conversion: "
+              f"{', '.join(f'{x:.2f}' for x in ratio)}); CPU time serve / cli = "
+              f"{statistics.median(cpu) if cpu else float('nan'):.2f}; latency - conversion: "
               f"{', '.join(f'{x:.2f}' for x in (r['latency'] - r['conversion'] for r in rs))} s")
     if busy:
         rs_big, rs_other = runs[busy[0]], runs[busy[1]]
@@ -251,7 +364,9 @@ def main() -> int:
         print(f"- {busy[1]} received while {busy[0]} converts / to an idle node: throughput {statistics.median(per):.2f} "
               f"(per repetition: {', '.join(f'{x:.2f}' for x in per)}; {med(rs_big, 'busy_mbps'):.0f} vs "
               f"{med(rs_other, 'mbps'):.0f} MB/s); {busy[0]}'s conversion meanwhile {med(rs_big, 'busy_conversion'):.2f} s "
-              f"= {statistics.median(conv):.2f} x its idle time")
+              f"= {statistics.median(conv):.2f} x its idle time; the node's threads waited for a CPU "
+              f"{med(rs_big, 'busy_node_wait'):.2f} s during that push (CPU {med(rs_big, 'busy_node_cpu'):.2f} s) vs "
+              f"{med(rs_other, 'node_wait'):.2f} s (CPU {med(rs_other, 'node_cpu'):.2f} s) to an idle node")
     print(f"\n(total {total:.0f} s for {args.reps} repetitions; load average at the end {os.getloadavg()[0]:.1f})")
     return 0
 
