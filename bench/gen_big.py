@@ -75,10 +75,13 @@ def _choice(col: int, row: int, n: int) -> int:
     return (col * 7 + row * 13 + (col * row) % 5) % n
 
 
-def write_big_series(spec: SlideSpec, folder: Path, pool_size: int = 48) -> list[Path]:
-    """Write one instance per level into `folder`; returns the paths (level-<i>.dcm)."""
+def write_big_series(spec: SlideSpec, folder: Path, pool_size: int = 48, pool: list[bytes] | None = None) -> list[Path]:
+    """Write one instance per level into `folder`; returns the paths (level-<i>.dcm).
+
+    `pool`: the encoded frames to repeat (tests pass odd ones in); default: `pool_size` rendered tiles.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    pool = tile_pool(spec, pool_size)
+    pool = tile_pool(spec, pool_size) if pool is None else pool
     items = _items(pool)
     raw_frame = spec.tile_size * spec.tile_size * spec.samples_per_pixel
     key = _spec_key(spec)

@@ -293,7 +293,7 @@ def _q(raw: bytes | None) -> array | None:
     if raw is None:
         return None
     out = array("Q")
-    out.frombytes(raw[: len(raw) // 8 * 8])
+    out.frombytes(memoryview(raw)[: len(raw) // 8 * 8])
     return out
 
 

@@ -24,6 +24,8 @@ import numpy as np
 
 _ITEM, _SEQ_DELIM = 0xE000FFFE, 0xE0DDFFFE  # (FFFE,E000), (FFFE,E0DD) read as little-endian uint32
 _WINDOW = 64 << 20
+_ITEMS = 8192
+"""Items per gather at most (the gather's index array is 64 bytes an item)."""
 _EIGHT = np.arange(8, dtype=np.intp)
 
 
@@ -50,22 +52,23 @@ def items_match_table(fd: int, first_item: int, starts: Sequence[int], lengths: 
     s, n = as_u64(starts), as_u64(lengths)
     if len(s) == 0 or len(s) != len(n) or int(s[0]) != 0 or int(n.max()) > 0xFFFFFFFE:
         return False
-    if len(s) > 1 and not np.array_equal(s[1:], s[:-1] + 8 + n[:-1]):
-        return False
     end = first_item + int(s[-1]) + 8 + int(n[-1])
     if end + 8 > file_size or os.pread(fd, 4, end) != b"\xfe\xff\xdd\xe0":
         return False
-    pos = s + np.uint64(first_item)
     gran = mmap.ALLOCATIONGRANULARITY
-    i, count = 0, len(pos)
+    i, count = 0, len(s)
     while i < count:
-        lo = int(pos[i]) // gran * gran
-        j = max(i + 1, int(np.searchsorted(pos, lo + _WINDOW - 8, side="right")))
-        hi = int(pos[j - 1]) + 8
-        mm = mmap.mmap(fd, hi - lo, offset=lo, access=mmap.ACCESS_READ)
+        # Items [i, j): back to back (each starts where the one before ends), headers inside one window.
+        lo = (first_item + int(s[i])) // gran * gran
+        j = max(i + 1, min(i + _ITEMS, int(np.searchsorted(s, lo + _WINDOW - 8 - first_item, side="right"))))
+        k = max(i, 1)
+        if k < j and not np.array_equal(s[k:j], s[k - 1 : j - 1] + n[k - 1 : j - 1] + np.uint64(8)):
+            return False
+        pos = s[i:j].astype(np.int64) + (first_item - lo)
+        mm = mmap.mmap(fd, int(pos[-1]) + 8, offset=lo, access=mmap.ACCESS_READ)
         try:
             buf = np.frombuffer(mm, dtype=np.uint8)
-            heads = buf[(pos[i:j] - np.uint64(lo)).astype(np.intp)[:, None] + _EIGHT]
+            heads = buf[pos.astype(np.intp)[:, None] + _EIGHT]
             words = heads.view("<u4")
             ok = bool(np.all(words[:, 0] == _ITEM)) and np.array_equal(words[:, 1].astype(np.uint64), n[i:j])
             del buf, heads, words

@@ -98,3 +98,32 @@ def test_index_memory_is_a_few_bytes_per_frame(tmp_path):
     finally:
         tracemalloc.stop()
     assert used / frames < 40, f"{used / frames:.0f} bytes a frame"
+
+
+def test_discovered_instance_keeps_its_offset_table_in_a_few_bytes_per_frame(tmp_path):
+    """The header scan's result (Extended Offset Table, its lengths, the fragments) as array('Q'), not tuples.
+
+    Held by every discovered instance in the CLI's parent and the node: ~275,000 frames at 150,000 px
+    took ~73 MB as tuples of ints. Now: 16 bytes a frame kept (offsets and lengths), and the scan's
+    transient peak stays small too (the fragments are checked against the table in bulk).
+    """
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[3] / "bench"))
+    from gen_big import big_spec, write_big_series
+
+    from converter.source.instance import read_instance
+
+    paths = write_big_series(big_spec(32768, 32768), tmp_path / "big", pool_size=4)
+    read_instance(paths[0])  # imports and caches warmed
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        inst = read_instance(paths[0])
+        kept, peak = (m - before for m in tracemalloc.get_traced_memory())
+    finally:
+        tracemalloc.stop()
+    frames = inst.number_of_frames
+    assert frames == 128 * 128 and len(inst.pixel_data.extended_offsets) == frames
+    assert kept / frames < 24, f"{kept / frames:.0f} bytes a frame kept"
+    # The bulk check gathers item headers 8,192 at a time: a fixed ~0.6 MB, whatever the frame count.
+    assert (peak - (1 << 20)) / frames < 40, f"{peak / frames:.0f} bytes a frame at the peak"
