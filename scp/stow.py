@@ -10,8 +10,9 @@ temporary file in `inbox/.incoming/` and stores it exactly like a C-STORE instan
 the tracker through the same ReceiverEvents as the DIMSE receiver, with one "association" key
 per HTTP request.
 
-Parsing and storing run in a worker thread (one chunk of about 1 MiB at a time), never on the
-event loop: a slow disk slows the sender down (TCP back-pressure), not the other requests.
+Parsing and storing run in a worker thread (about 4 MiB of body at a time, the next read while the
+last is parsed; the part's bytes then go to its write-behind thread, scp/write_behind.py), never on
+the event loop: a slow disk slows the sender down (TCP back-pressure), not the other requests.
 The response is the PS3.18 Annex I store instances response in `application/dicom+json`
 (stow_response.py); request-level errors are `text/plain` with the reason.
 
@@ -51,7 +52,7 @@ from scp.stow_response import OUT_OF_RESOURCES, Reject, dicom_json_response
 
 log = logging.getLogger("wsi_node.stow")
 
-FEED_BYTES = 1 << 20  # body bytes handed to the parser thread at a time
+FEED_BYTES = 4 << 20  # body bytes handed to the parser thread at a time (one thread hop per 4 MiB)
 MAX_BOUNDARY = 200
 
 
@@ -209,19 +210,39 @@ class StowReceiver:
         return Response(json.dumps(dicom_json_response(body.referenced, body.failed)), status, media_type="application/dicom+json")
 
     async def _receive(self, request: Request, body: StowRequest) -> None:
+        """Feed the body to the parser thread FEED_BYTES at a time, reading the next while the last is parsed.
+
+        One feed at a time and in order (StowRequest is not re-entrant), but never waited for before
+        the next FEED_BYTES have arrived, so the network read and the parsing/writing overlap. A failed
+        feed (a malformed body) is raised here at the latest one FEED_BYTES later.
+        """
         limit = self.s.max_request_bytes
-        pending = bytearray()
-        async for chunk in _with_idle_timeout(request.stream(), self.s.idle_timeout):
-            body.received += len(chunk)
-            if limit and body.received > limit:
-                raise Reject(413, f"request body is over the limit of {limit} bytes (--http-max-request-mb)")
-            pending += chunk
-            if len(pending) >= FEED_BYTES:
-                data, pending = bytes(pending), bytearray()
-                await run_in_threadpool(body.feed, data)
-        if pending:
-            await run_in_threadpool(body.feed, bytes(pending))
-        await run_in_threadpool(body.finish)
+        chunks: list[bytes] = []
+        size = 0
+        feeding: asyncio.Future | None = None
+        try:
+            async for chunk in _with_idle_timeout(request.stream(), self.s.idle_timeout):
+                body.received += len(chunk)
+                if limit and body.received > limit:
+                    raise Reject(413, f"request body is over the limit of {limit} bytes (--http-max-request-mb)")
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= FEED_BYTES:
+                    data, chunks, size = b"".join(chunks), [], 0
+                    if feeding is not None:
+                        await feeding
+                    feeding = asyncio.ensure_future(run_in_threadpool(body.feed, data))
+            if feeding is not None:
+                await feeding
+                feeding = None
+            if chunks:
+                await run_in_threadpool(body.feed, b"".join(chunks))
+            await run_in_threadpool(body.finish)
+        finally:
+            if feeding is not None and not feeding.done():
+                # The request ends with a feed in flight: body.discard (the caller) cleans up once it is
+                # done; its outcome no longer matters, so it is not left "never retrieved".
+                feeding.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def _failed_request(self, body: StowRequest, client: str, status: int, reason: str) -> Response:
         self.events.refused("stow", f"http-{status}")

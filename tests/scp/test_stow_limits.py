@@ -257,3 +257,13 @@ def test_a_stalled_body_is_abandoned_with_408_and_nothing_left(tmp_path):
         assert leftovers(n) == [] and stored(n) == []
     finally:
         n.stop()
+
+
+def test_a_body_malformed_at_its_start_is_400_while_more_of_it_is_still_read(node):
+    """The feed that finds the error runs while the next 4 MiB are read (scp/stow.py _receive): still a 400, nothing left."""
+    from tests.support.node import BOUNDARY
+
+    body = f"--{BOUNDARY}\r\nContent Type application/dicom\r\n\r\n".encode() + bytes(12 * MB)  # no colon: not a header
+    status, text = post(node, body)
+    assert status == 400 and "malformed multipart body" in text
+    assert leftovers(node) == [] and stored(node) == []
