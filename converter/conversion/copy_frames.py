@@ -7,7 +7,7 @@ and an end-of-image marker (a truncated frame would show as a grey band, never a
 These checks used to parse every frame in Python as it went through tifffile; here each frame's
 header, up to the end of its start-of-scan segment, is compared as bytes with the first frame's
 (scanners encode every frame of a level with the same tables), and its last bytes with the EOI
-marker, reading the source through a 64 MiB mapped window. Only a frame that differs is parsed
+marker, reading the source through a 16 MiB mapped window. Only a frame that differs is parsed
 (parse_jpeg), so differing quantisation tables with the same frame header still copy, and the
 errors are the ones the per-frame path gives (`check_frame`).
 
@@ -31,7 +31,7 @@ from converter.source.item_table import as_u64
 from converter.source.level import Level
 from converter.tiff.splice import LevelSplice, Run
 
-_WINDOW = 64 << 20
+_WINDOW = 16 << 20
 _GAP = 4096
 """Frames further apart than this start a new run (a gap is copied along, unreferenced)."""
 _EOI, _EOI_PADDED = b"\xff\xd9", b"\xff\xd9\x00"

@@ -6,7 +6,7 @@ once when the instance is read and once when its frames are indexed. When the he
 Extended Offset Table and its lengths (PS3.3 C.7.6.3.1.8: one fragment per frame, empty Basic
 Offset Table), every item header's place and content is known in advance, so the check is a
 comparison of arrays: the item headers are gathered with numpy from the file mapped in windows
-of 64 MiB (one window mapped at a time, so resident memory stays flat whatever the file size).
+of 16 MiB (one window mapped at a time: its pages count in the resident set, the file's size does not).
 
 Only a yes or no: when the table does not describe the items exactly (out of order, gaps, a
 different length, no delimiter after the last), the callers walk the items one by one as before
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 _ITEM, _SEQ_DELIM = 0xE000FFFE, 0xE0DDFFFE  # (FFFE,E000), (FFFE,E0DD) read as little-endian uint32
-_WINDOW = 64 << 20
+_WINDOW = 16 << 20
 _ITEMS = 8192
 """Items per gather at most (the gather's index array is 64 bytes an item)."""
 _EIGHT = np.arange(8, dtype=np.intp)
