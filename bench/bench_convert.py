@@ -32,6 +32,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,16 +69,49 @@ def prepare(work: Path, width: int, height: int, big: bool = False) -> Path:
     return folder
 
 
+def _hwm_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fp:
+            for line in fp:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def timed(cmd: list[str], cwd: Path, keep_stdout: bool = False):
-    """Wall seconds and peak RSS (MB) of a command, via GNU time (and its stdout when asked)."""
-    out = subprocess.run(["/usr/bin/time", "-f", "@@%e %M", *cmd], cwd=cwd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed ({out.returncode}): {out.stderr[-2000:]}")
-    line = [ln for ln in out.stderr.splitlines() if ln.startswith("@@")][-1]
+    """Wall seconds and peak RSS (MB) of a command (and its stdout when asked).
+
+    Wall time from GNU time. Peak RSS is the largest of GNU time's figure and the peak
+    (VmHWM) of every process in the command's tree, polled: wsi-node converts in a process
+    forked by a forkserver, which GNU time's rusage of its own child does not always count.
+    """
+    import psutil
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "@@%e %M", *cmd], cwd=cwd, stdout=out, stderr=err, text=True)
+        peak = 0
+        root = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                pids = [c.pid for c in root.children(recursive=True)]
+            except psutil.Error:
+                pids = []
+            for pid in pids:
+                peak = max(peak, _hwm_kb(pid))
+            time.sleep(0.05)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {stderr[-2000:]}")
+    line = [ln for ln in stderr.splitlines() if ln.startswith("@@")][-1]
     wall, rss_kb = line[2:].split()
+    rss = max(int(rss_kb), peak) / 1024
     if keep_stdout:
-        return float(wall), int(rss_kb) / 1024, out.stdout
-    return float(wall), int(rss_kb) / 1024
+        return float(wall), rss, stdout
+    return float(wall), rss
 
 
 def tools(src: Path, dest: Path, quality: int, threads: int) -> dict[str, list[str]]:
