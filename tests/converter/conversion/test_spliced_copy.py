@@ -160,3 +160,13 @@ def test_truncated_frame_is_a_decode_error_and_nothing_is_published(tmp_path):
     assert not report.ok
     assert "level-0.dcm: frame 6 is not a complete JPEG bitstream (no end-of-image marker)" in report.error
     assert not (tmp_path / "out.tiff").exists() and not list(tmp_path.glob(".out.tiff.*"))
+
+
+def test_frames_in_several_fragments_are_copied_joined_by_the_writer(tmp_path):
+    """Item headers would sit inside such tiles: the level is not spliced but written from the joined bytes."""
+    src = tmp_path / "in"
+    write_series(SlideSpec(width=1500, height=1100, fragments_per_frame=3), src)
+    report, instances = _convert(src, tmp_path / "out.tiff")
+    assert report.ok, report.error
+    assert report.levels[0].action == "copy" and "splice" not in report.timings
+    _tiles_equal_frames(tmp_path / "out.tiff", instances)
