@@ -7,13 +7,14 @@ For each size (width; height = 0.8 x width) a series is written with bench/gen_b
 instance per level, Extended Offset Table, real JPEG frames), then `--reps` interleaved pairs run:
   A = `wsi-node convert SRC -o X.tiff --mode copy -c 1` (its own fsync + rename at the end)
   B = `cp -r SRC DEST && sync`
-each timed as a whole process with /usr/bin/time (wall time, peak RSS; `sync` before each run so
-one run's dirty pages do not slow the next). The first A output is checked with gen_big.check_copy
+each timed as a whole process with /usr/bin/time (wall time, peak RSS), in alternating order
+(A B, B A, ...); before each run the input is read once (warm page cache for both) and `sync`
+flushes the previous run's dirty pages. The first A output is checked with gen_big.check_copy
 (BigTIFF, OpenSlide and large_image at every level, level-0 tiles byte-identical to the frames).
 Also one in-process conversion per size (discover + convert_series in one Python process, its
 ru_maxrss): the memory a conversion needs without the CLI's parent/worker split. Prints a
 Markdown table of medians and the median of the per-pair ratios A/B, then deletes outputs (and
-inputs, unless --keep-inputs). The page cache is warm for both (the input was just written).
+inputs, unless --keep-inputs).
 """
 
 from __future__ import annotations
@@ -56,8 +57,21 @@ def parse_size(text: str) -> int:
     return int(float(text[:-1]) * 1000) if text.endswith("k") else int(text)
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KB) of one command, via GNU time."""
+def warm(src: Path) -> None:
+    """Read the input once, so that both commands start with it in the page cache.
+
+    Without it, whichever command ran first read an input the machine had partly evicted (a
+    shared machine) and the second found it cached: that favoured B, which always ran second.
+    """
+    for path in sorted(src.glob("*.dcm")):
+        with open(path, "rb", buffering=0) as fp:
+            while fp.read(8 << 20):
+                pass
+
+
+def timed(cmd: list[str], src: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KB) of one command, via GNU time (input warm, dirty pages flushed)."""
+    warm(src)
     subprocess.run(["sync"], check=True)
     out = subprocess.run([TIME, "-f", "%e %M", *cmd], capture_output=True, text=True)
     if out.returncode != 0:
@@ -88,14 +102,27 @@ def run_size(width: int, reps: int, work: Path, keep: bool) -> dict[str, object]
     try:
         for rep in range(reps):
             shutil.rmtree(out_dir, ignore_errors=True)
-            a = timed([WSI_NODE, "convert", str(src), "-o", str(out_dir / "x.tiff"), "--mode", "copy", "-c", "1"])
-            timings = json.loads((out_dir / "x.json").read_text())["timings"]
-            if rep == 0:
-                check_copy(src, out_dir / "x.tiff", samples=256)
-            shutil.rmtree(out_dir, ignore_errors=True)
             shutil.rmtree(dest, ignore_errors=True)
-            b = timed(["sh", "-c", f"cp -r '{src}' '{dest}' && sync"])
-            shutil.rmtree(dest, ignore_errors=True)
+
+            def run_a():
+                result = timed([WSI_NODE, "convert", str(src), "-o", str(out_dir / "x.tiff"), "--mode", "copy", "-c", "1"], src)
+                timings = json.loads((out_dir / "x.json").read_text())["timings"]
+                if rep == 0:
+                    check_copy(src, out_dir / "x.tiff", samples=256)
+                shutil.rmtree(out_dir, ignore_errors=True)
+                return result, timings
+
+            def run_b():
+                result = timed(["sh", "-c", f"cp -r '{src}' '{dest}' && sync"], src)
+                shutil.rmtree(dest, ignore_errors=True)
+                return result
+
+            if rep % 2 == 0:  # alternate the order: A B, B A, A B ...
+                a, timings = run_a()
+                b = run_b()
+            else:
+                b = run_b()
+                a, timings = run_a()
             a_runs.append((*a, timings))
             b_runs.append(b)
             print(f"  {width}: rep {rep + 1}: copy {a[0]:.2f} s ({a[1] // 1024} MB), cp+sync {b[0]:.2f} s; {timings}", file=sys.stderr)
