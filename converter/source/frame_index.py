@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+import weakref
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -147,7 +149,32 @@ def _one_each(path: str, offsets: array, lengths: array) -> FrameIndex:
     return FrameIndex(path, offsets, lengths, array("Q", range(n)), array("Q", range(1, n + 1)))
 
 
+_LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_LIVE_LOCK = threading.Lock()
+
+
 def build_frame_index(instance: WsiInstance, fp: BinaryIO) -> FrameIndex:
+    """The frame index of `instance`, read from `fp`.
+
+    An index still alive elsewhere in the process (a LevelReader's) for the same unchanged file
+    (device, inode, size, modification time) is returned as it is: copying a level indexes the
+    file again for its splice, and each index costs a pass over every item header. Held weakly,
+    so nothing stays in memory after its last user.
+    """
+    st = os.fstat(fp.fileno())
+    key = (instance.path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, instance.number_of_frames,
+           instance.pixel_data.offset if instance.pixel_data else None)
+    with _LIVE_LOCK:
+        live = _LIVE.get(key)
+    if live is not None:
+        return live
+    index = _build(instance, fp)
+    with _LIVE_LOCK:
+        _LIVE[key] = index
+    return index
+
+
+def _build(instance: WsiInstance, fp: BinaryIO) -> FrameIndex:
     loc = instance.pixel_data
     path = instance.path
     n_frames = instance.number_of_frames
