@@ -52,13 +52,14 @@ def _nothing() -> None:
     return None
 
 
-def write_spliced(tmp: Path, copies: dict[int, PlannedCopy], report: ConversionReport) -> Background:
+def write_spliced(tmp: Path, copies: dict[int, PlannedCopy], report: ConversionReport) -> tuple[Background, dict[int, int]]:
     """Copy the levels' frames into `tmp` (IFD index -> planned copy), checking every frame meanwhile.
 
-    Returns the background fsync of `tmp` (a no-op when nothing was copied): join() it before the rename.
+    Returns the background fsync of `tmp` (a no-op when nothing was copied; join() it before the
+    rename) and the tile bytes of each spliced IFD (for the report, without reading the tags back).
     """
     if not copies:
-        return Background(_nothing)
+        return Background(_nothing), {}
     t = time.monotonic()
     stop = threading.Event()
     copying = Background(append_levels, tmp, {page: c.splice for page, c in copies.items()}, stop)
@@ -73,4 +74,4 @@ def write_spliced(tmp: Path, copies: dict[int, PlannedCopy], report: ConversionR
     placed = copying.join()
     point_tiles(tmp, placed)
     report.timings["splice"] = round(time.monotonic() - t, 3)
-    return Background(fsync_file, tmp)
+    return Background(fsync_file, tmp), {page: int(counts.sum()) for page, (_offsets, counts) in placed.items()}
