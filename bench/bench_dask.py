@@ -57,8 +57,8 @@ def slides(root: Path, width: int, height: int) -> list[tuple[str, list]]:
 
 
 def submit(executor, instances, target: Path, options: ConversionOptions):
-    widest = max(instances, key=lambda i: i.image_width)
-    budget = conversion_budget(widest.image_width, widest.tile_height, widest.samples_per_pixel, options.threads,
+    biggest = max(instances, key=lambda i: i.tile_width * i.tile_height)
+    budget = conversion_budget(biggest.tile_width, biggest.tile_height, biggest.samples_per_pixel, options.threads,
                                cap_bytes=4096 << 20)
     return executor.submit(MemoryBudget(convert_series, budget), instances, target, options, [])
 

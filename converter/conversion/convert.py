@@ -33,7 +33,7 @@ from converter.tiff.pyramid import TileSpool, downsample2
 from converter.conversion.copy_frames import CopyMismatch as _CopyMismatch, PlannedCopy, check_frame, plan_copy
 from converter.conversion.encode import encode_chains
 from converter.conversion.report import ConversionReport, LevelReport
-from converter.conversion.run import run_conversion, sidecar_path  # noqa: F401 (sidecar_path: imported from here by the pipeline)
+from converter.conversion.run import run_conversion, sidecar_path, started_pool  # noqa: F401 (sidecar_path: imported from here by the pipeline)
 from converter.source.series import Series, build_series
 from converter.conversion.spliced import Background, write_spliced
 from converter.tiff.writer import AssociatedImage, TiffLevel, aperio_description, write_tiff
@@ -202,7 +202,7 @@ def _convert(
     }
     work.mkdir(parents=True, exist_ok=True)
     blockers: dict[int, str] = {}
-    with ThreadPoolExecutor(options.threads) as pool:
+    with started_pool(options.threads) as pool:
         readers = {i: LevelReader(lv, pool) for i, lv in enumerate(series.levels)}
         try:
             for _attempt in range(len(series.levels) + 1):

@@ -9,7 +9,6 @@ pyramid, writer and verification as for DICOM series do the rest.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -23,7 +22,7 @@ from converter.conversion.encode import encode_chains
 from converter.errors import InputError
 from converter.tiff.layout import SourceLevelFacts, plan_layout
 from converter.conversion.report import ConversionReport, LevelReport
-from converter.conversion.run import run_conversion
+from converter.conversion.run import run_conversion, started_pool
 from converter.tiff.writer import TiffLevel
 
 
@@ -95,7 +94,7 @@ def _convert(src: Path, output: Path, options: ConversionOptions, report: Conver
     plan = plan_layout([SourceLevelFacts(w, h, tile, tile, "plain TIFF: not tiled or not pyramidal")], "reencode", tile)
     report.levels = [LevelReport(lv.index, lv.width, lv.height, lv.action, lv.reason, lv.source) for lv in plan.levels]
     t = time.monotonic()
-    with ThreadPoolExecutor(options.threads) as pool:
+    with started_pool(options.threads) as pool:
         spools = encode_chains(plan, {0: reader}, work, options, pool, report)
     report.timings["pixels"] = round(time.monotonic() - t, 3)
     colorspace = "gray" if reader.samples == 1 else "RGB"

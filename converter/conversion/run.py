@@ -23,7 +23,9 @@ import errno
 import os
 import resource
 import shutil
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -133,3 +135,41 @@ def _free_mb(folder: Path) -> int:
 def _budget_mb() -> str:
     soft, _hard = resource.getrlimit(resource.RLIMIT_DATA)
     return "unlimited" if soft == resource.RLIM_INFINITY else str(soft >> 20)
+
+
+def started_pool(threads: int) -> ThreadPoolExecutor:
+    """A thread pool whose threads all run before the conversion allocates anything big.
+
+    ThreadPoolExecutor starts threads lazily, on submit. Under a memory budget (RLIMIT_DATA) a
+    thread that cannot bootstrap dies with "MemoryError" printed and no exception in the caller,
+    and Thread.start then waits for it forever (CPython 3.11): the conversion would hang instead
+    of failing as out-of-memory. So the threads are started here, first, and only when the budget
+    leaves room (else MemoryError: reported as out-of-memory); no later submit starts one.
+    """
+    n = max(1, threads)
+    soft = resource.getrlimit(resource.RLIMIT_DATA)[0]
+    if soft != resource.RLIM_INFINITY:
+        left = soft - _data_bytes()
+        if left < THREAD_HEADROOM * n:
+            raise MemoryError(f"only {max(0, left) >> 20} MB of the memory budget is left for the conversion itself")
+    pool = ThreadPoolExecutor(n)
+    gate = threading.Barrier(n)
+    for f in [pool.submit(gate.wait, 30) for _ in range(n)]:
+        f.result()
+    return pool
+
+
+THREAD_HEADROOM = 32 << 20
+"""Budget a started conversion must have left per thread before its pool starts (a decoded tile and stacks)."""
+
+
+def _data_bytes() -> int:
+    """The process's private writable data (VmData): what RLIMIT_DATA counts."""
+    try:
+        with open("/proc/self/status") as fp:
+            for line in fp:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) << 10
+    except OSError:
+        pass
+    return 0

@@ -100,16 +100,24 @@ class MemoryBudget:
             resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
-def conversion_budget(width: int, tile_height: int, samples: int, threads: int, cap_bytes: int) -> int:
-    """The memory budget of a conversion from the slide's declared size: bytes, at most `cap_bytes`.
+BLOCK_PX = 2048
+"""converter.tiff.blocks.MAX_BLOCK: the side of the pixel blocks a re-encode works in (a test checks they agree)."""
 
-    The pyramid streams strips of one tile row, so memory grows with the width, not the area.
-    Measured (RLIMIT_DATA's count, 2 threads): 2048 px wide 129 MB, 24000 px 210 MB, 48000 px 268 MB;
-    each thread adds about 10 MB. The budget is 256 MB + 16 MB per thread + 8 strips of level 0,
-    about twice what was measured, so that normal slides are never near it.
+
+def conversion_budget(tile_width: int, tile_height: int, samples: int, threads: int, cap_bytes: int) -> int:
+    """The memory budget of a conversion from the slide's declared frame size: bytes, at most `cap_bytes`.
+
+    Re-encoding works in blocks of at most 2048 x 2048 px (converter/tiff/blocks.py), so memory does
+    not grow with the slide's width or height, only with the threads (each holds a block, its halvings
+    and one decoded frame) and with the frame size (a frame larger than a block is decoded whole);
+    copy mode holds a few bytes per frame. Measured (issue 14): peak RSS 108-110 MB at 24,000 and
+    60,000 px wide. The budget is 256 MB + 16 MB per thread + per thread 4 blocks and 2 frames, well
+    above what was measured, so that normal slides are never near it.
     """
-    strip = max(1, width) * max(1, tile_height) * max(1, samples)
-    return min(cap_bytes, 256 * MB + 16 * MB * max(1, threads) + 8 * strip)
+    block = BLOCK_PX * BLOCK_PX * max(1, samples)
+    frame = max(1, tile_width) * max(1, tile_height) * max(1, samples)
+    per_thread = 16 * MB + 4 * block + 2 * frame
+    return min(cap_bytes, 256 * MB + max(1, threads) * per_thread)
 
 
 def _child(conn: Connection, fn: Callable[..., Any], args: tuple, kwargs: dict, nice: int = 0) -> None:

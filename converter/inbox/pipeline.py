@@ -283,9 +283,10 @@ class InboxPipeline:
             return False
         budget = self._budget(instances)
         if budget > self.memory_cap:
-            error = (f"series {uid}: its declared size ({max(i.image_width for i in instances)} px wide) needs about "
+            big = max(instances, key=lambda i: i.tile_width * i.tile_height)
+            error = (f"series {uid}: its declared frame size ({big.tile_width} x {big.tile_height} px) needs about "
                      f"{budget >> 20} MB to convert, more than conversion_memory_mb ({self.memory_cap >> 20} MB). Fix: check "
-                     "TotalPixelMatrixColumns/Rows of its instances; if they are real, raise conversion_memory_mb.")
+                     "Columns/Rows of its instances; if they are real, raise conversion_memory_mb.")
             self.results.failed(uid, members, error)
             return False
         attempts += 1
@@ -302,8 +303,8 @@ class InboxPipeline:
         return True
 
     def _budget(self, instances: list[WsiInstance]) -> int:
-        widest = max(instances, key=lambda i: i.image_width)
-        return conversion_budget(widest.image_width, widest.tile_height, widest.samples_per_pixel, self.options.threads,
+        biggest = max(instances, key=lambda i: i.tile_width * i.tile_height)
+        return conversion_budget(biggest.tile_width, biggest.tile_height, biggest.samples_per_pixel, self.options.threads,
                                  cap_bytes=1 << 62)
 
     def _submit_passthrough(self, row: FileRow) -> bool:

@@ -67,12 +67,13 @@ class Problem:
     detail: str
 
 
-def estimate_memory_bytes(width: int, tile_height: int, samples: int, threads: int = CONVERSION_THREADS) -> int:
-    """The memory a conversion of a level `width` px wide needs: the formula of the executor's budget
-    (converter.executors.local.conversion_budget, without its cap; a test checks they agree): the
-    pyramid streams strips of one tile row, so memory grows with the width, not the area."""
-    strip = max(1, width) * max(1, tile_height) * max(1, samples)
-    return 256 * MB + 16 * MB * max(1, threads) + 8 * strip
+def estimate_memory_bytes(tile_width: int, tile_height: int, samples: int, threads: int = CONVERSION_THREADS) -> int:
+    """The memory a conversion of a level with frames of this size needs: the formula of the executor's
+    budget (converter.executors.local.conversion_budget, without its cap; a test checks they agree):
+    re-encoding works in bounded blocks, so memory grows with the frame size, not the slide's."""
+    block = 2048 * 2048 * max(1, samples)
+    frame = max(1, tile_width) * max(1, tile_height) * max(1, samples)
+    return 256 * MB + max(1, threads) * (16 * MB + 4 * block + 2 * frame)
 
 
 class _Rules:
@@ -193,10 +194,10 @@ def _grid(r: _Rules, scan: HeaderScan, rows: int, cols: int, frames: int, width:
           paths: int, offset: int, limits: Limits, spp: int | None) -> None:
     """The memory budget, then the frames against the tile grid (PS3.3 C.7.6.17.3, C.8.12.4)."""
     across, down = -(-width // cols), -(-height // rows)
-    need = estimate_memory_bytes(width, rows, spp or 3) // MB
+    need = estimate_memory_bytes(cols, rows, spp or 3) // MB
     if need > limits.conversion_memory_mb:
-        r.add("too-large", "TotalPixelMatrixColumns", f"{width} px wide needs {need} MB > {limits.conversion_memory_mb} MB",
-              f"a level {width} px wide in {rows} px tile rows needs about {need} MB to convert, over the budget of"
+        r.add("too-large", "Columns", f"{cols}x{rows} px frames need {need} MB > {limits.conversion_memory_mb} MB",
+              f"frames of {cols} x {rows} px need about {need} MB to convert, over the budget of"
               f" {limits.conversion_memory_mb} MB (conversion_memory_mb).")
         return
     if across * down > MAX_GRID_TILES:

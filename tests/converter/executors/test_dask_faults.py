@@ -29,8 +29,9 @@ from tests.faults.audit import audit_series, sop_uid
 from tests.faults.harness import c_store, wait_for
 
 SMALL = SlideSpec(width=1024, height=768, seed=1320, downsamples=(1, 4))
-POISON = SlideSpec(width=131072, height=512, seed=1321, downsamples=(1,))
-"""A re-encode of this peaks near 420 MB in one process (measured); the poison worker is limited to 300 MB."""
+POISON = SlideSpec(width=6144, height=6144, tile_size=6144, seed=1321, downsamples=(1,))
+"""Memory grows with the frame size only: two threads each decoding this 6144 x 6144 frame (108 MB) and
+their blocks take a worker over its 300 MB limit."""
 
 
 def _hidden(serving: Path) -> list[str]:

@@ -159,20 +159,22 @@ def test_attempts_left_by_a_node_that_died_count(tmp_path, executor):
 
 def test_a_conversion_over_its_memory_budget_fails_with_a_reason_and_the_executor_goes_on(tmp_path, executor):
     folder = tmp_path / "wide"
-    write_series(SlideSpec(width=32768, height=512, seed=506), folder)
+    # Memory grows with the frame size only (re-encoding works in 2048 px blocks): one 4096 x 4096 frame.
+    write_series(SlideSpec(width=4096, height=4096, tile_size=4096, downsamples=(1,), seed=506), folder, workers=1)
     instances = [read_instance(f) for f in sorted(folder.glob("*.dcm"))]
     out = tmp_path / "out" / "wide.tiff"
     out.parent.mkdir()
     options = ConversionOptions(mode="reencode")
-    # 150 MB of data: below what a 32768 px wide re-encode needs (measured about 200 MB), above an idle process.
-    report = executor.submit(MemoryBudget(convert_series, 150 << 20), instances, out, options).result(WAIT)
+    # 250 MB of data: below what decoding 4096 x 4096 frames on two threads needs, above an idle process.
+    report = executor.submit(MemoryBudget(convert_series, 250 << 20), instances, out, options).result(WAIT)
     assert report.status == "out-of-memory", report.error
-    assert "needed more memory than its budget of 150 MB" in report.error and "conversion_memory_mb" in report.error
+    assert "needed more memory than its budget of 250 MB" in report.error and "conversion_memory_mb" in report.error
+    assert "Unable to allocate" in report.error, report.error  # it failed converting, not at the start
     assert list(out.parent.iterdir()) == []  # nothing partial, no scratch files
     # The same executor converts it with the budget the pipeline would give it.
     from converter.executors.local import conversion_budget
 
-    budget = conversion_budget(32768, 256, 3, options.threads, 4096 << 20)
+    budget = conversion_budget(4096, 4096, 3, options.threads, 4096 << 20)
     report = executor.submit(MemoryBudget(convert_series, budget), instances, out, options).result(WAIT)
     assert report.ok, report.error
     assert sorted(f.name for f in out.parent.iterdir()) == ["wide.json", "wide.tiff"]
@@ -180,11 +182,12 @@ def test_a_conversion_over_its_memory_budget_fails_with_a_reason_and_the_executo
 
 def test_a_slide_declared_beyond_the_memory_cap_is_refused_before_converting(tmp_path, executor):
     s = _settings(tmp_path)
-    uid = _drop(s, "wide", SlideSpec(width=16384, height=512, seed=507))
-    p = InboxPipeline(s, executor, memory_cap_mb=300)  # 16384 px wide: budgeted 256 + 16/thread + 8 x 12 MB strips
+    uid = _drop(s, "wide", SlideSpec(width=4096, height=4096, tile_size=4096, downsamples=(1,), seed=507))
+    # 4096 x 4096 px frames: budgeted 256 MB + per thread (16 MB + 4 blocks of 12 MB + 2 frames of 48 MB), >= 416 MB
+    p = InboxPipeline(s, executor, memory_cap_mb=400)
     assert p.run_pass().submitted == 0
     row = p.store.series(uid)
-    assert row["state"] == "failed" and "more than conversion_memory_mb (300 MB)" in row["error"]
+    assert row["state"] == "failed" and "more than conversion_memory_mb (400 MB)" in row["error"]
     assert (Path(s.quarantine) / f"{uid}.reason.txt").exists() and not list(Path(s.serving).iterdir())
     p.store.close()
 
