@@ -122,12 +122,35 @@ class InboxPipeline:
                     item.unlink(missing_ok=True)
         if self.tracker is not None and self.tracker.fresh:
             self._refill_tracker()
+        self._finish_archiving()
         # Moves across filesystems copy to .<name>.<pid>.tmp beside the target: look where pending files go.
         folders = {Path(root) / Path(rel).parent for rel in self.store.files() for root in (self.s.archive, self.s.quarantine)}
         for folder in folders:
             for item in folder.glob(".*.tmp") if folder.is_dir() else []:
                 log.info("removing temporary %s left by an interrupted move", item)
                 item.unlink(missing_ok=True)
+
+    def _finish_archiving(self) -> None:
+        """Archive the originals of series recorded as published whose run stopped before moving them.
+
+        Results.series records "published" and then archives: a kill between the two leaves the
+        originals in the inbox with nothing due to move them (the tracker has finished the series).
+        When the published sidecar says it was made from exactly those instances, they are archived
+        now, as the "already published" path of _handle_series would.
+        """
+        for state in list(self.store.all_series()):
+            if state.get("state") != "published" or not state.get("output"):
+                continue
+            uid = state["uid"]
+            published = sorted(json.loads(state.get("fingerprint") or "[]"))
+            rows = [r for r in self.store.series_files(uid)
+                    if r.state == "pending" and r.kind == "dicom" and r.header is not None and Path(r.location).exists()]
+            if not rows or not {StateStore.header(r).sop_instance_uid for r in rows} <= set(published):
+                continue
+            if sidecar_matches(Path(state["output"]), uid, published):
+                log.info("series %s: archiving %d original(s) of its published output %s (the last run stopped before "
+                         "archiving them)", uid, len(rows), state["output"])
+                self.results.archive(rows)
 
     def _refill_tracker(self) -> None:
         """The state database started empty (first start, deleted or damaged, converter.inbox.database):

@@ -205,3 +205,24 @@ def test_the_executor_attributes_a_death_to_its_task_only(executor):
     assert died.value.signal == signal.SIGKILL and "signal 9, SIGKILL" in str(died.value)
     assert executor.submit(sum, [4, 5]).result(30) == 9  # nothing to recreate: the next task gets a fresh process
     assert executor.health()[0] and executor.deaths == 1
+
+
+def test_a_stop_between_publishing_and_archiving_archives_the_originals_at_restart(tmp_path, executor):
+    """Results.series records "published", then archives: a kill between the two (seen in the kill -9
+    trials) left the originals in the inbox for good. At restart they are archived, not converted again."""
+    s = _settings(tmp_path)
+    uid = _drop(s, "caseE", SlideSpec(width=1024, height=768, seed=509))
+    p = InboxPipeline(s, executor)
+    p.results.archive = lambda rows: None  # the node stops right after recording the publication
+    p.run_pass()
+    p.collect(wait=True)
+    assert p.store.series(uid)["state"] == "published"
+    assert sorted(f.name for f in (Path(s.inbox) / "caseE").iterdir()) == NAMES["caseE"]
+    p.store.close()
+    p = InboxPipeline(s, executor)
+    p.recover()
+    archived = sorted(f.name for f in Path(s.archive).rglob("*.dcm"))
+    assert archived == NAMES["caseE"], archived
+    assert not list((Path(s.inbox) / "caseE").glob("*.dcm"))
+    assert p.run_pass().submitted == 0 and p.store.series(uid)["conversions"] == 1
+    p.store.close()
