@@ -149,7 +149,7 @@ def started_pool(threads: int) -> ThreadPoolExecutor:
     n = max(1, threads)
     soft = resource.getrlimit(resource.RLIMIT_DATA)[0]
     if soft != resource.RLIM_INFINITY:
-        left = soft - _data_bytes()
+        left = soft - data_bytes()
         if left < THREAD_HEADROOM * n:
             raise MemoryError(f"only {max(0, left) >> 20} MB of the memory budget is left for the conversion itself")
     pool = ThreadPoolExecutor(n)
@@ -163,8 +163,8 @@ THREAD_HEADROOM = 32 << 20
 """Budget a started conversion must have left per thread before its pool starts (a decoded tile and stacks)."""
 
 
-def _data_bytes() -> int:
-    """The process's private writable data (VmData): what RLIMIT_DATA counts."""
+def data_bytes() -> int:
+    """The process's private writable data now (VmData, what RLIMIT_DATA counts), bytes; 0 where unknown."""
     try:
         with open("/proc/self/status") as fp:
             for line in fp:

@@ -42,6 +42,7 @@ from typing import Any, Callable
 
 from config.errors import ConfigError, WsiNodeError
 from converter.conversion.report import ConversionReport
+from converter.conversion.run import data_bytes
 from converter.executors.local import MemoryBudget, WorkerDied
 from converter.executors.staging import Staging
 
@@ -84,18 +85,6 @@ class ResultNotVisible(WsiNodeError):
     """The worker reported a published output that the node cannot see complete at the same path."""
 
 
-def _data_in_use() -> int:
-    """Private writable memory of this process now (VmData, what RLIMIT_DATA counts), bytes."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmData:"):
-                    return int(line.split()[1]) << 10
-    except OSError:
-        pass
-    return 0
-
-
 @dataclass(frozen=True)
 class _OnWorker:
     """The task as a worker runs it: a MemoryBudget counts from what the worker process uses already.
@@ -112,7 +101,7 @@ class _OnWorker:
             Path(self.staging).mkdir(exist_ok=True)  # not parents: a swept serving is not re-created here
         fn = self.fn
         if isinstance(fn, MemoryBudget):
-            fn = MemoryBudget(fn.fn, fn.limit + _data_in_use())
+            fn = MemoryBudget(fn.fn, fn.limit + data_bytes())
         return get_worker().address, fn(*args)
 
 
