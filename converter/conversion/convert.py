@@ -9,6 +9,7 @@ problem and the fix. Nothing is published unless the output was verified.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -29,7 +30,8 @@ from converter.tiff.layout import COPYABLE_SUBSAMPLING, LayoutPlan, SourceLevelF
 from converter.source.level import Level
 from converter.source.level_reader import LevelReader
 from converter.durable import fsync_and_rename
-from converter.tiff.pyramid import TileSpool, downsample2
+from converter.tiff.pyramid import TileAppender, TileSpool, downsample2
+from converter.tiff.splice import copy_range, point_tiles
 from converter.conversion.copy_frames import CopyMismatch as _CopyMismatch, PlannedCopy, check_frame, plan_copy
 from converter.conversion.encode import encode_chains
 from converter.conversion.report import ConversionReport, LevelReport
@@ -253,13 +255,18 @@ def _attempt_convert(series, readers, blockers, output, options, report, work, t
             rep.colour = decisions[src].as_report()
     report.timings["plan"] = round(time.monotonic() - t, 3)
 
-    t = time.monotonic()
     samples = 1 if series.base.samples_per_pixel == 1 else 3
-    spools = encode_chains(plan, readers, work, options, pool, report)
-    report.timings["pixels"] = round(time.monotonic() - t, 3)
+    # An svs thumbnail made from the pyramid needs its pixels before the TIFF's structure can be
+    # written: spool the tiles then (written twice); otherwise they go straight to the TIFF.
+    direct = not (options.layout == "svs" and series.associated.get("thumbnail") is None)
+    t = time.monotonic()
+    spools: dict[int, TileSpool] = {}
+    if not direct:
+        spools = encode_chains(plan, readers, work, options, pool, report)  # type: ignore[assignment]
+        report.timings["pixels"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
 
     # Write.
-    t = time.monotonic()
     tiff_levels: list[TiffLevel] = []
     fills: dict[int, bytes] = {}
     copies: dict[int, PlannedCopy] = {}
@@ -277,7 +284,8 @@ def _attempt_convert(series, readers, blockers, output, options, report, work, t
                            info.subsampling, spacing, placeholder=planned is not None)
         else:
             colorspace = "gray" if samples == 1 else "RGB"
-            tl = TiffLevel(lv.width, lv.height, plan.tile_width, plan.tile_height, samples, spools[lv.index], colorspace, (1, 1), spacing)
+            tl = TiffLevel(lv.width, lv.height, plan.tile_width, plan.tile_height, samples, spools.get(lv.index, ()),
+                           colorspace, (1, 1), spacing, placeholder=direct)
         tiff_levels.append(tl)
         rep = report.levels[lv.index]
         rep.colorspace, rep.subsampling = tl.colorspace, tl.subsampling
@@ -302,11 +310,90 @@ def _attempt_convert(series, readers, blockers, output, options, report, work, t
     svs_extra = {k: v for k, v in series.base.first.metadata.items() if k in ("Manufacturer", "ObjectiveLensPower")}
     if "ObjectiveLensPower" in svs_extra:
         svs_extra["AppMag"] = svs_extra.pop("ObjectiveLensPower")
-    write_verify_publish(
-        tmp, output, plan, tiff_levels, associated, readers, fills, options, report, pool_spools=spools,
-        description=_description(series, plan), svs_extra=svs_extra, icc=icc, what=f"series {series.series_uid}",
-        t_write=t, copies=copies,
-    )
+    what, description = f"series {series.series_uid}", _description(series, plan)
+    if not direct:
+        write_verify_publish(
+            tmp, output, plan, tiff_levels, associated, readers, fills, options, report, pool_spools=spools,
+            description=description, svs_extra=svs_extra, icc=icc, what=what, t_write=t, copies=copies,
+        )
+        return
+    # The structure first, every re-encoded tile appended behind it as it is made.
+    write = _Structure(tmp, work, tiff_levels, associated, options, description, svs_extra, icc)
+    pages = write.first(plan.bigtiff, sum(c.splice.max_bytes for c in copies.values()), report)
+    t_structure = time.monotonic() - t
+    t = time.monotonic()
+    appender = TileAppender(tmp, {lv.index: report.levels[lv.index].tiles for lv in plan.levels if lv.needs_pixels})
+    try:
+        encode_chains(plan, readers, work, options, pool, report, sink=appender)
+        appender.finish()
+    finally:
+        appender.close()
+    report.timings["pixels"] = round(time.monotonic() - t, 3)
+    t = time.monotonic() - t_structure
+    pages, shift = write.fit(pages, appender, sum(c.splice.max_bytes for c in copies.values()), report)
+    placed = appender.placed(shift)
+    if placed:
+        point_tiles(tmp, {pages[f"level-{i}"]: v for i, v in placed.items()})
+    known = {pages[f"level-{i}"]: int(counts.sum()) for i, (_o, counts) in placed.items()}
+    _splice_verify_publish(tmp, output, plan, pages, readers, fills, options, report, {}, what, t, copies, known)
+
+
+class _Structure:
+    """The TIFF's structure (tags, associated images, copied and empty tiles), written before the pixels.
+
+    Classic TIFF holds 32-bit offsets (TIFF 6.0), so the choice of BigTIFF must be made
+    before the re-encoded tiles' size is known: the plan's estimate decides (its limit leaves
+    room), and when the appended tiles still take the file past 4 GiB, `fit` rewrites the
+    structure as BigTIFF and moves the tiles behind it with one kernel copy, not a re-encode.
+    """
+
+    def __init__(self, tmp: Path, work: Path, levels: list[TiffLevel], associated: list[AssociatedImage],
+                 options: ConversionOptions, description: str, svs_extra: dict[str, str], icc: bytes | None) -> None:
+        self.tmp, self.work, self.levels, self.associated = tmp, work, levels, associated
+        self.options, self.description, self.icc = options, description, icc
+        self.svs_description = aperio_description(levels, options.quality, svs_extra)
+        self.bigtiff = False
+
+    def write(self, path: Path, bigtiff: bool) -> dict[str, int]:
+        self.bigtiff = bigtiff
+        return write_tiff(path, self.levels, self.associated, layout=self.options.layout, description=self.description,
+                          svs_description=self.svs_description, icc=self.icc, bigtiff=bigtiff)
+
+    def first(self, bigtiff: bool, spliced: int, report: ConversionReport) -> dict[str, int]:
+        try:
+            pages = self.write(self.tmp, bigtiff)
+            if not bigtiff and self.tmp.stat().st_size + spliced >= CLASSIC_LIMIT:
+                raise ValueError("data too large for classic TIFF once the copied levels are appended; BigTIFF needed")
+        except ValueError as exc:
+            if bigtiff or "BigTIFF" not in str(exc) and "too large" not in str(exc):
+                raise
+            report.notes.append("output exceeded 4 GB; written as BigTIFF")
+            pages = self.write(self.tmp, True)
+        return pages
+
+    def fit(self, pages: dict[str, int], appender: TileAppender, spliced: int, report: ConversionReport) -> tuple[dict[str, int], int]:
+        """BigTIFF when the tiles took a classic file too far; returns the pages and how far the tiles moved."""
+        if self.bigtiff or appender.end + spliced < CLASSIC_LIMIT:
+            return pages, 0
+        report.notes.append("output exceeded 4 GB; written as BigTIFF")
+        big = self.work / "bigtiff.tmp"
+        try:
+            pages = self.write(big, True)
+            src, dst = os.open(self.tmp, os.O_RDONLY), os.open(big, os.O_RDWR)
+            try:
+                at = os.fstat(dst).st_size
+                copy_range(src, dst, appender.start, appender.end - appender.start, at, str(self.tmp))
+            finally:
+                os.close(src)
+                os.close(dst)
+            os.replace(big, self.tmp)
+        finally:
+            big.unlink(missing_ok=True)
+        return pages, at - appender.start
+
+
+CLASSIC_LIMIT = 1 << 32
+"""File size from which TIFF's 32-bit offsets (classic TIFF) no longer reach every byte."""
 
 
 def write_verify_publish(tmp: Path, output: Path, plan: LayoutPlan, tiff_levels: list[TiffLevel], associated,
@@ -314,29 +401,26 @@ def write_verify_publish(tmp: Path, output: Path, plan: LayoutPlan, tiff_levels:
                          pool_spools: dict[int, TileSpool], description: str, svs_extra: dict[str, str],
                          icc: bytes | None, what: str, t_write: float,
                          copies: dict[int, PlannedCopy] | None = None) -> None:
-    """Write the TIFF under a temporary name, check it against the source, then give it its final name.
+    """Write the TIFF (tiles already encoded) under a temporary name, check it against the source, then give it its final name.
 
     `copies`: output levels written with empty tiles whose frames are then appended by the
     kernel (converter.conversion.spliced); the file must be BigTIFF when they take it past 4 GiB.
     """
-    svs_description = aperio_description(tiff_levels, options.quality, svs_extra)
-    bigtiff = plan.bigtiff
     copies = copies or {}
-    spliced = sum(c.splice.max_bytes for c in copies.values())
-    try:
-        pages = write_tiff(tmp, tiff_levels, associated, layout=options.layout, description=description,
-                           svs_description=svs_description, icc=icc, bigtiff=bigtiff)
-        if not bigtiff and tmp.stat().st_size + spliced >= 1 << 32:
-            raise ValueError("data too large for classic TIFF once the copied levels are appended; BigTIFF needed")
-    except ValueError as exc:
-        if bigtiff or "BigTIFF" not in str(exc) and "too large" not in str(exc):
-            raise
-        report.notes.append("output exceeded 4 GB; written as BigTIFF")
-        pages = write_tiff(tmp, tiff_levels, associated, layout=options.layout, description=description,
-                           svs_description=svs_description, icc=icc, bigtiff=True)
+    write = _Structure(tmp, tmp.parent, tiff_levels, associated, options, description, svs_extra, icc)
+    pages = write.first(plan.bigtiff, sum(c.splice.max_bytes for c in copies.values()), report)
+    _splice_verify_publish(tmp, output, plan, pages, readers, fills, options, report, pool_spools, what,
+                           t_write, copies, {})
+
+
+def _splice_verify_publish(tmp: Path, output: Path, plan: LayoutPlan, pages: dict[str, int], readers,
+                           fills: dict[int, bytes], options: ConversionOptions, report: ConversionReport,
+                           pool_spools: dict[int, TileSpool], what: str, t_write: float,
+                           copies: dict[int, PlannedCopy], known: dict[int, int]) -> None:
+    """Splice the copied levels into the written TIFF, verify it, publish it (`known`: tile bytes of IFDs already summed)."""
     syncing, spliced_sizes = write_spliced(tmp, {pages[f"level-{i}"]: c for i, c in copies.items()}, report)
     try:
-        sizes = _ifd_sizes(tmp, spliced_sizes)
+        sizes = _ifd_sizes(tmp, known | spliced_sizes)
         for rep in report.levels:
             rep.bytes = sizes.get(pages[f"level-{rep.index}"], 0)
         report.timings["write"] = round(time.monotonic() - t_write, 3)

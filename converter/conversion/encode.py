@@ -4,8 +4,10 @@ Every chain (a source level and the generated levels below it) is cut into block
 (converter.tiff.blocks); the blocks of all chains form one stream of tasks, so the worker
 threads stay busy across the end of one chain and the start of the next, and memory is a
 few blocks whatever the slide's size. Readers without blocks (libvips over a plain TIFF,
-whose strips are cheapest read whole) keep the strip cascade. The encoded tiles are
-spooled to the conversion's work folder for the TIFF writer.
+whose strips are cheapest read whole) keep the strip cascade. The encoded tiles are either
+appended straight to the temporary TIFF (`sink`, converter.tiff.pyramid.TileAppender: written
+once) or spooled to the conversion's work folder for the TIFF writer (written twice; for
+callers that need the pixels before the TIFF's structure, e.g. a generated svs thumbnail).
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ from config.settings import ConversionOptions
 from converter.conversion.report import ConversionReport
 from converter.tiff.blocks import BlockPyramid, run_tasks
 from converter.tiff.layout import LayoutPlan
-from converter.tiff.pyramid import Cascade, TileSpool
+from converter.tiff.pyramid import AppendedLevel, Cascade, TileAppender, TileSpool
 
 
-def encode_chains(plan: LayoutPlan, readers, work: Path, options: ConversionOptions, pool, report: ConversionReport) -> dict[int, TileSpool]:
-    """Encode every chain that has anything to encode; returns the spooled tiles per output level."""
-    spools: dict[int, TileSpool] = {}
+def encode_chains(plan: LayoutPlan, readers, work: Path, options: ConversionOptions, pool, report: ConversionReport,
+                  sink: TileAppender | None = None) -> dict[int, TileSpool | AppendedLevel]:
+    """Encode every chain that has anything to encode; returns the tiles' home per output level.
+
+    `sink`: append every tile to it (it must know every level that needs pixels); without it
+    each level is spooled to the work folder.
+    """
+    spools: dict[int, TileSpool | AppendedLevel] = {}
     # Encode-time target a little stricter than the verification limit, which may use a
     # slightly different reference for deep generated levels.
     max_mad = options.max_mad * 0.9
@@ -36,7 +43,8 @@ def encode_chains(plan: LayoutPlan, readers, work: Path, options: ConversionOpti
         for lv in chain:
             spool = None
             if lv.needs_pixels:
-                spool = spools[lv.index] = TileSpool(str(work / f"level-{lv.index}.tiles"))
+                spool = spools[lv.index] = (sink.level(lv.index) if sink is not None
+                                            else TileSpool(str(work / f"level-{lv.index}.tiles")))
             stages.append((lv.width, lv.height, spool))
         reader = readers[head.source]
         if hasattr(reader, "read_block"):

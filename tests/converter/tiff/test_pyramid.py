@@ -46,3 +46,43 @@ def test_cascade_generated_level_matches_box_filter(tmp_path):
     got = imagecodecs.jpeg8_decode(spool.read(0))
     expected = downsample2(image)
     assert np.abs(got.astype(int) - expected).mean() < 1.5
+
+
+def test_appender_writes_each_tile_once_behind_the_file_and_indexes_it(tmp_path):
+    from converter.tiff.pyramid import TileAppender
+
+    path = tmp_path / "t.tiff"
+    path.write_bytes(b"HEADER")
+    app = TileAppender(path, {0: 3, 2: 1})
+    first, second = app.level(0), app.level(2)
+    first.put(2, b"cc")
+    second.append(b"z")
+    first.put(0, b"a")
+    first.put(1, b"bbb")
+    with pytest.raises(RuntimeError, match="twice"):
+        first.put(1, b"x")
+    assert (first.count, second.count) == (3, 1)
+    app.finish()
+    data = path.read_bytes()
+    assert data == b"HEADERcczabbb"  # in the order finished, nothing else
+    placed = app.placed()
+    for level, tiles in ((0, [b"a", b"bbb", b"cc"]), (2, [b"z"])):
+        offsets, counts = placed[level]
+        assert offsets.dtype == counts.dtype == np.uint64
+        assert [data[o : o + n] for o, n in zip(offsets.tolist(), counts.tolist())] == tiles
+    assert placed[0][0].tolist() == [9, 10, 6]
+    assert app.placed(shift=100)[0][0].tolist() == [109, 110, 106]
+    with pytest.raises(KeyError):
+        app.level(1)
+
+
+def test_appender_refuses_a_level_with_missing_tiles(tmp_path):
+    from converter.tiff.pyramid import TileAppender
+
+    path = tmp_path / "t.tiff"
+    path.write_bytes(b"")
+    app = TileAppender(path, {0: 2})
+    app.level(0).put(1, b"x")
+    app.finish()
+    with pytest.raises(RuntimeError, match="1 of 2 tiles were never written"):
+        app.placed()
