@@ -17,8 +17,7 @@ from config.effective import check_flags, effective_settings
 from config.errors import ConfigError
 from config.flags import batch_parser
 from config.flags import node_parser as _node_parser  # the node's flags; tests parse with it too
-from converter.cli import convert as convert_cli
-from converter.source.validate import Limits
+from converter.cli import convert as convert_cli  # light: it imports the conversion engine only to convert
 
 log = logging.getLogger("wsi_node")
 
@@ -80,6 +79,7 @@ def run_serve(argv: list[str]) -> int:
     from converter.inbox.completeness.profiles import SenderProfile, parse_profile
     from scp.commitment.peers import parse_peers
     from scp.commitment.service import CommitmentSettings
+    from converter.source.validate import Limits
     from scp.node import NodeSettings, serve
 
     if "-h" in argv or "--help" in argv:

@@ -349,6 +349,54 @@ class IsolatedProcessExecutor(Executor):
         r.process.close()
 
 
+def run_in_fork(fn: Callable[..., Any], /, *args: Any, nice: int = 0, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` in a child forked from the calling thread; its result, its exception, or WorkerDied.
+
+    The same isolation as a task of IsolatedProcessExecutor (a crash or the OOM killer ends the
+    child only and is reported as WorkerDied; the child's memory goes back to the system when it
+    ends) without its fixed cost: a forkserver is a fresh interpreter that imports the converter
+    again (~0.4 s, more than a small slide's whole conversion), a fork of a process that has it
+    imported takes milliseconds, and the arguments need no pickling. For `wsi-node convert` of one
+    series (issue 14).
+
+    Only from a process with no other thread (RuntimeError otherwise): a fork copies one thread,
+    and a lock another thread held at that moment would stay locked in the child forever (why the
+    executor forks from a forkserver, see make_executor).
+    """
+    if threading.active_count() != 1:
+        raise RuntimeError(f"run_in_fork needs a single-threaded process; {threading.active_count()} threads run")
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(send, fn, args, kwargs, nice), daemon=True)
+    outcome: tuple[bool, Any] | None = None
+    try:
+        try:
+            process.start()
+        finally:
+            send.close()  # the child holds its own end: EOF here once it is gone
+        # The result first (a large one would fill the pipe while the child waits to exit), then the exit.
+        wait([receive, process.sentinel])
+        try:
+            if receive.poll():
+                outcome = receive.recv()
+        except (EOFError, OSError):
+            pass  # the child ended without a result
+        process.join()
+    finally:
+        receive.close()
+        if process.is_alive():  # the parent was interrupted (Ctrl-C reaches the child too: it cleans up)
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    if outcome is None:
+        raise WorkerDied(process.exitcode, process.pid)
+    ok, value = outcome
+    if ok:
+        return value
+    raise value
+
+
 def make_executor(max_workers: int, start_method: str = "forkserver", nice: int = 0) -> Executor:
     """The local executor: one fresh process per task, at most `max_workers` at once, each at `nice`
     (see BACKGROUND_NICE).
