@@ -7,7 +7,8 @@ so a level with no bright near-neutral colour cluster, whose dominant bright col
 (magenta, green, salmon: what every YCbCr/RGB mix-up makes of white), was decoded with the
 wrong colour space, whatever decoder did it.
 
-The TIFF is read back independently: tifffile for the structure, imagecodecs for the tiles,
+The TIFF is read back independently: its IFDs entry by entry (converter.tiff.ifd: only the
+sampled tiles' offsets are read, not the ~275,000 of a 150,000 px level), imagecodecs for the tiles,
 with the JPEG colour space forced from the TIFF's own Photometric tag (as strict readers such
 as libtiff do). A thumbnail's worth of tiles per level is enough (at most MAX_TILES, spread
 over the level, corners included because slide corners are glass). Levels without a bright
@@ -16,15 +17,16 @@ background (fluorescence, dark field) are skipped with a note rather than failed
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 from converter.conversion.report import ConversionReport
 from converter.errors import VerificationError
-from converter.tiff.verify import TiffTiles
+from converter.tiff.ifd import TiffStructure
+from converter.tiff.verify import IfdTiles
 
 MAX_TILES = 16
 MIN_PIXELS = 4096
@@ -132,25 +134,28 @@ def judge(level: int, tiles: int, clusters: list[Cluster], max_chroma: float = M
 def check_colour(path: Path, pages: dict[str, int], levels: int, max_chroma: float = MAX_BACKGROUND_CHROMA) -> list[ColourCheck]:
     """One ColourCheck per pyramid level `level-0` .. `level-{levels-1}` of the TIFF at `path`."""
     checks: list[ColourCheck] = []
-    with tifffile.TiffFile(path) as tif:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        tiff = TiffStructure(fd)
         for index in range(levels):
-            out = TiffTiles(tif, pages[f"level-{index}"])
-            page = out.page
-            if page.samplesperpixel < 3:
+            out = IfdTiles(tiff, pages[f"level-{index}"], path)
+            if out.samples < 3:
                 checks.append(ColourCheck(index, 0, "", True, "grayscale: no colour to check"))
                 continue
-            if page.imagewidth * page.imagelength < MIN_PIXELS:
+            if out.width * out.height < MIN_PIXELS:
                 checks.append(ColourCheck(index, 0, "", True, "level too small to have a background: not checked"))
                 continue
-            down = -(-page.imagelength // page.tilelength)
+            down = -(-out.height // out.tile_height)
             picks = _spread(out.across, down, MAX_TILES)
             parts = []
             for col, row in picks:
                 tile = out.decoded(col, row)
-                h = min(page.tilelength, page.imagelength - row * page.tilelength)
-                w = min(page.tilewidth, page.imagewidth - col * page.tilewidth)
+                h = min(out.tile_height, out.height - row * out.tile_height)
+                w = min(out.tile_width, out.width - col * out.tile_width)
                 parts.append(tile[:h:_STRIDE, :w:_STRIDE, :3].reshape(-1, 3))
             checks.append(judge(index, len(picks), colour_clusters(np.concatenate(parts)), max_chroma))
+    finally:
+        os.close(fd)
     return checks
 
 

@@ -6,7 +6,7 @@ offsets may point anywhere in its file (TIFF 6.0, TileOffsets). So tifffile writ
 structure with empty tiles for such levels (converter.tiff.writer, `placeholder`), then each run
 of frames is appended here with `os.copy_file_range`, as `cp` does: the bytes never pass through
 Python (a 4 GB level 0 through tifffile's per-tile writes took 3.3x `cp`). Last, the level's
-TileOffsets and TileByteCounts are overwritten in place with tifffile (`TiffTag.overwrite`) to
+TileOffsets and TileByteCounts are overwritten in place (converter.tiff.ifd) to
 name each frame's place inside the copied ranges; the few item headers between frames stay in the
 file unreferenced. A run starts at the same place in a 4 KiB block as in the source, so a file
 system that can share blocks (XFS, Btrfs reflinks) may do so.
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 from converter.errors import DecodeError
+from converter.tiff.ifd import TILE_BYTE_COUNTS, TILE_OFFSETS, TiffStructure
 
 _BLOCK = 4096
 _BUFFER = 8 << 20
@@ -149,18 +149,6 @@ def _append(dst: int, pos: int, splice: LevelSplice, sources: dict[str, int],
     return pos, offsets.astype(np.uint64), counts.astype(np.uint64)
 
 
-_TAG_DTYPES = {3: "<u2", 4: "<u4", 16: "<u8"}  # SHORT, LONG, LONG8
-
-
-def _overwrite(tag: tifffile.TiffTag, values: np.ndarray) -> None:
-    dtype = _TAG_DTYPES[int(tag.dtype)]
-    if tag.count != len(values):
-        raise ValueError(f"tag {tag.name} has {tag.count} values, the level {len(values)} tiles")
-    if len(values) and int(values.max()) > np.iinfo(dtype).max:
-        raise ValueError(f"tag {tag.name}: value {int(values.max())} does not fit its type; the TIFF must be BigTIFF")
-    tag.overwrite(values.astype(dtype).tobytes())
-
-
 Placed = dict[int, tuple[np.ndarray, np.ndarray]]
 
 
@@ -195,9 +183,18 @@ def splice_levels(path: Path, levels: dict[int, LevelSplice]) -> None:
 
 
 def point_tiles(path: Path, placed: Placed) -> None:
-    """Overwrite TileOffsets and TileByteCounts of the IFDs in `placed` (same count, same type, in place)."""
-    with tifffile.TiffFile(path, mode="r+b") as tif:
+    """Overwrite TileOffsets and TileByteCounts of the IFDs in `placed` (same count, same type, in place).
+
+    The two tags are found in the IFD's entries and written with one pwrite each
+    (converter.tiff.ifd): their old values (the placeholders) are never read, so a 275,000-tile
+    level costs two 2 MB writes, not tifffile's tuples of every value (~0.06 s, ~21 MB).
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        tiff = TiffStructure(fd)
         for page, (offsets, counts) in placed.items():
-            tags = tif.pages[page].tags
-            _overwrite(tags["TileOffsets"], offsets)
-            _overwrite(tags["TileByteCounts"], counts)
+            ifd = tiff.ifd(page)
+            tiff.write_values(ifd, TILE_OFFSETS, offsets)
+            tiff.write_values(ifd, TILE_BYTE_COUNTS, counts)
+    finally:
+        os.close(fd)

@@ -9,6 +9,7 @@ pathologist's screen.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,8 @@ import numpy as np
 import tifffile
 
 from converter.codecs.frames import mad_per_channel
+from converter.tiff.ifd import (COMPRESSION, IMAGE_LENGTH, IMAGE_WIDTH, PHOTOMETRIC, SAMPLES_PER_PIXEL, TILE_BYTE_COUNTS,
+                                TILE_LENGTH, TILE_OFFSETS, TILE_WIDTH, TiffStructure, TiffStructureError)
 from converter.tiff.layout import LayoutPlan, OutputLevel
 from converter.source.level_reader import LevelReader
 from converter.tiff.pyramid import downsample2
@@ -41,7 +44,23 @@ def _sample_tiles(across: int, down: int, n: int, seed: int) -> list[tuple[int, 
 _TAG_COLORSPACE = {1: "GRAY", 2: "RGB", 6: "YCBCR"}
 
 
+def decode_jpeg_tile(raw: bytes, photometric: int) -> np.ndarray:
+    """Decode a JPEG tile the strict way: the JPEG colour space is whatever the Photometric tag says.
+
+    Lenient readers (tifffile, Pillow) let a JFIF marker override an RGB tag;
+    strict ones do not, so a mislabelled tile must fail here.
+    """
+    colorspace = _TAG_COLORSPACE.get(int(photometric))
+    if colorspace == "GRAY":
+        a = imagecodecs.jpeg8_decode(raw, colorspace="GRAY", outcolorspace="GRAY")
+    else:
+        a = imagecodecs.jpeg8_decode(raw, colorspace=colorspace, outcolorspace="RGB")
+    return a if a.ndim == 3 else a[..., np.newaxis]
+
+
 class TiffTiles:
+    """The tiles of one page as tifffile reads its structure (the verification's independent reader)."""
+
     def __init__(self, tif: tifffile.TiffFile, page_index: int) -> None:
         self.page = tif.pages[page_index]
         self.fh = tif.filehandle
@@ -53,23 +72,47 @@ class TiffTiles:
         return self.fh.read(self.page.databytecounts[i])
 
     def decoded(self, col: int, row: int) -> np.ndarray:
-        """Decode a tile the strict way: the JPEG colour space is whatever the Photometric tag says.
-
-        Lenient readers (tifffile, Pillow) let a JFIF marker override an RGB tag;
-        strict ones do not, so a mislabelled tile must fail here.
-        """
+        """The tile's pixels, (h, w, samples); JPEG strictly by the Photometric tag (decode_jpeg_tile)."""
         raw = self.raw(col, row)
         if self.page.compression == 7:
-            colorspace = _TAG_COLORSPACE.get(int(self.page.photometric))
-            if colorspace == "GRAY":
-                a = imagecodecs.jpeg8_decode(raw, colorspace="GRAY", outcolorspace="GRAY")
-            else:
-                a = imagecodecs.jpeg8_decode(raw, colorspace=colorspace, outcolorspace="RGB")
-        else:
-            i = row * self.across + col
-            data, _, _ = self.page.decode(raw, i, jpegtables=self.page.jpegtables)
-            a = np.asarray(data)[0]
+            return decode_jpeg_tile(raw, self.page.photometric)
+        i = row * self.across + col
+        data, _, _ = self.page.decode(raw, i, jpegtables=self.page.jpegtables)
+        a = np.asarray(data)[0]
         return a if a.ndim == 3 else a[..., np.newaxis]
+
+
+class IfdTiles:
+    """The tiles of one IFD read entry by entry (converter.tiff.ifd): only the sampled tiles' offsets are read.
+
+    For checks that sample a few tiles of each level (the colour check): tifffile would read every
+    tile's offset and byte count of the page first (~275,000 of each at 150,000 px).
+    """
+
+    def __init__(self, tiff: TiffStructure, index: int, path: Path) -> None:
+        self.ifd = tiff.ifd(index)
+        self.fd, self.index, self.path = tiff.fd, index, path
+        ifd = self.ifd
+        self.width, self.height = ifd.value(IMAGE_WIDTH), ifd.value(IMAGE_LENGTH)
+        self.tile_width, self.tile_height = ifd.value(TILE_WIDTH), ifd.value(TILE_LENGTH)
+        self.samples = ifd.value(SAMPLES_PER_PIXEL, 1)
+        self.compression, self.photometric = ifd.value(COMPRESSION, 1), ifd.value(PHOTOMETRIC, 2)
+        self.across = -(-self.width // self.tile_width)
+
+    def raw(self, col: int, row: int) -> bytes:
+        i = row * self.across + col
+        offset, count = self.ifd.item(TILE_OFFSETS, i), self.ifd.item(TILE_BYTE_COUNTS, i)
+        data = os.pread(self.fd, count, offset)
+        if len(data) != count:
+            raise TiffStructureError(f"tile {i} of IFD {self.index} runs past the end of the file")
+        return data
+
+    def decoded(self, col: int, row: int) -> np.ndarray:
+        """As TiffTiles.decoded; a compression other than JPEG (never written for pyramid levels) through tifffile."""
+        if self.compression == 7:
+            return decode_jpeg_tile(self.raw(col, row), self.photometric)
+        with tifffile.TiffFile(self.path) as tif:
+            return TiffTiles(tif, self.index).decoded(col, row)
 
 
 def verify_tiff(
