@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -153,7 +154,26 @@ def run_config(argv: list[str]) -> int:
     return run_check(args.file) if args.action == "check" else run_show(args.file)
 
 
+def _end_process(code: int) -> None:
+    """End the `wsi-node convert` process now, its output flushed, without the interpreter's teardown.
+
+    Why: by then every conversion ran in a child of its own and was published (fsync, rename) or
+    cleaned up there; what is left in this process is freeing the modules of the conversion engine
+    (pydicom's dictionaries, numpy, codecs), measured ~0.07 s of a 0.5 s small-slide command
+    (issue 14). Log handlers and standard streams are flushed first; only for the command line
+    (main() called without argv), never for a caller that goes on.
+    """
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said anyway
+        pass
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "serve":
         return run_serve(argv[1:])
@@ -169,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "convert":
-        return convert_cli.run_convert(args)
+        code = convert_cli.run_convert(args)
+        if command_line:
+            _end_process(code)
+        return code
     if args.command == "demo":
         from converter.cli.demo import run_demo
 

@@ -43,3 +43,11 @@ def test_help_does_not_import_the_conversion_engine():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_failing_command_line_says_why_and_exits_1(tmp_path):
+    """The command line ends its process at once after converting: the exit status and the log still arrive."""
+    r = subprocess.run([sys.executable, "-m", "scp.cli", "convert", str(tmp_path / "missing"), "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 1
+    assert "no such file or folder" in r.stderr and "no whole-slide image series found" in r.stderr
