@@ -240,9 +240,12 @@ def tissue_of(b: np.ndarray) -> Tissue:
     flat = b.reshape(-1)
     size = flat.size
     pixels = size // channels if channels else 0
+    if size == 0 or int(flat.min()) >= TISSUE_THRESHOLD:  # no tissue at all (one read, no writes)
+        return Tissue(None, pixels)
     lt = np.less(flat, TISSUE_THRESHOLD, out=_scratch.get("lt", size).view(bool)).view(np.uint8)
     if channels == 1:
         keep = lt
+        n = int(np.count_nonzero(keep))
     else:
         head = size - channels + 1  # positions with a whole pixel starting at or after them
         first = _scratch.get("first", size)
@@ -251,11 +254,14 @@ def tissue_of(b: np.ndarray) -> Tissue:
         for j in range(2, channels):
             np.bitwise_or(first[:head], lt[j : head + j], out=first[:head])
         np.bitwise_and(first, _pixel_starts(channels, size), out=first)
+        n = int(np.count_nonzero(first))
+        if n < MIN_TISSUE_PIXELS:
+            return Tissue(None, pixels)
         keep = _scratch.get("keep", size)
-        keep[:] = first
-        for j in range(1, channels):
+        keep[0] = first[0]
+        np.bitwise_or(first[1:], first[:-1], out=keep[1:])
+        for j in range(2, channels):
             np.bitwise_or(keep[j:], first[: size - j], out=keep[j:])
-    n = int(np.count_nonzero(keep)) // channels if channels else 0
     if n < MIN_TISSUE_PIXELS:
         return Tissue(None, pixels)
     return Tissue(keep, n)
@@ -315,6 +321,14 @@ def mad_per_channel(a: np.ndarray, b: np.ndarray, tissue: Tissue | None = None) 
     return float(_channel_sums(diff, channels).max()) / tissue.pixels
 
 
+def _decode_check(data: bytes, tile: np.ndarray) -> np.ndarray:
+    """Decode a just-encoded tile into a per-thread buffer shaped like it (no new array per tile)."""
+    h, w, c = tile.shape
+    out = _scratch.get("decoded", tile.size).reshape((h, w) if c == 1 else (h, w, c))
+    decoded = imagecodecs.jpeg8_decode(data, out=out)
+    return decoded[..., np.newaxis] if decoded.ndim == 2 else decoded
+
+
 def encode_checked(tile: np.ndarray, quality: int, max_mad: float | None) -> tuple[bytes, int]:
     """Encode a tile and check it against its own pixels, raising the quality until it is faithful.
 
@@ -330,9 +344,7 @@ def encode_checked(tile: np.ndarray, quality: int, max_mad: float | None) -> tup
         data = encode_tile(tile, q)
         if max_mad is None or q >= 100:
             return data, q
-        decoded = imagecodecs.jpeg8_decode(data)
-        if decoded.ndim == 2:
-            decoded = decoded[..., np.newaxis]
+        decoded = _decode_check(data, tile)
         if tissue is None:
             tissue = tissue_of(tile)
         if mad_per_channel(decoded, tile, tissue) <= max_mad:
