@@ -151,6 +151,39 @@ class LevelReader:
 
         return decode
 
+    def read_tiles(self, x: int, y: int, w: int, h: int, tile_w: int, tile_h: int,
+                   background: int) -> Callable[[], list[tuple[int, int, np.ndarray]]] | None:
+        """Like read_block, for a rectangle of whole output tiles that are this level's frames.
+
+        Returns None unless the frames are `tile_w` x `tile_h` and the rectangle starts on a
+        frame; the call returns (column, row, pixels) per frame in raster order, each a full
+        tile whose part beyond the image is `background` (what the pyramid pads cut tiles with).
+        """
+        lv = self.level
+        tw, th = lv.tile_width, lv.tile_height
+        if (tw, th) != (tile_w, tile_h) or x % tw or y % th:
+            return None
+        x1, y1 = min(x + w, lv.width), min(y + h, lv.height)
+        frames = [
+            (col, row, self.frame_bytes(col, row))
+            for row in range(y // th, -(-y1 // th))
+            for col in range(x // tw, -(-x1 // tw))
+        ]
+
+        def decode() -> list[tuple[int, int, np.ndarray]]:
+            out = []
+            for col, row, data in frames:
+                tile = self._decode(col, row, data)
+                vw, vh = min(tw, lv.width - col * tw), min(th, lv.height - row * th)
+                if (vw, vh) != (tw, th) or tile.shape != (th, tw, self.samples) or not tile.flags.c_contiguous:
+                    full = np.full((th, tw, self.samples), background, np.uint8)
+                    full[:vh, :vw] = tile[:vh, :vw]
+                    tile = full
+                out.append((col, row, tile))
+            return out
+
+        return decode
+
     def strips(self) -> Iterator[np.ndarray]:
         """The whole level, top to bottom, one tile row of pixels at a time (full width)."""
         lv = self.level

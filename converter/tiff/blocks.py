@@ -163,10 +163,28 @@ class BlockPyramid:
         bh = unit_h * max(1, MAX_BLOCK // unit_h)
         # The first stage of a later pass was encoded by the pass that made its raw tiles.
         skip_head = first > 0
+        # A level encoded on its own whose frames are the output's tiles: each frame is encoded
+        # as it is decoded, without assembling the block and cutting it up again (two copies of
+        # every pixel); the tiles, their order and their bytes are the same.
+        whole_tiles = k == 0 and raw is None and not skip_head and hasattr(source, "read_tiles")
         for by in range(0, head.height, bh):
             for bx in range(0, head.width, bw):
-                fetch = source.read_block(bx, by, min(bw, head.width - bx), min(bh, head.height - by))
+                w, h = min(bw, head.width - bx), min(bh, head.height - by)
+                tiles = source.read_tiles(bx, by, w, h, self.tile_w, self.tile_h, self.background) if whole_tiles else None
+                if tiles is not None:
+                    yield (lambda f=tiles: self._work_tiles(f, first)), self._done
+                    continue
+                fetch = source.read_block(bx, by, w, h)
                 yield (lambda f=fetch, x=bx, y=by: self._work(f, x, y, first, k, raw, skip_head)), self._done
+
+    def _work_tiles(self, fetch: Callable[[], list[tuple[int, int, np.ndarray]]], j: int):
+        st = self.stages[j]
+        across = -(-st.width // self.tile_w)
+        out: list[tuple[int, int, bytes, int]] = []
+        for col, row, tile in fetch():
+            data, q = encode_checked(tile, self.quality, self.max_mad)
+            out.append((j, row * across + col, data, q))
+        return out
 
     def _work(self, fetch: Fetch, x: int, y: int, first: int, k: int, raw: RawTiles | None, skip_head: bool):
         pixels = fetch()

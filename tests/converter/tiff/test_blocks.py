@@ -97,3 +97,42 @@ def test_raw_tiles_round_trip_partial_edges(tmp_path):
     assert np.array_equal(raw.read_block(32, 32, 38, 18)(), image[32:, 32:])
     raw.close()
     assert not (tmp_path / "r").exists()
+
+
+class BlocksOnly:
+    """A LevelReader seen through read_block only (the path that assembles blocks)."""
+
+    def __init__(self, reader) -> None:
+        self._reader, self.samples = reader, reader.samples
+
+    def read_block(self, x, y, w, h):
+        return self._reader.read_block(x, y, w, h)
+
+
+@pytest.mark.parametrize("spec_args", [
+    dict(width=1500, height=1100),  # cut tiles at the right and bottom edges
+    dict(width=1300, height=700, sparse=True, missing_tiles=0.3),  # frames missing: background tiles
+    dict(width=600, height=500, samples_per_pixel=1),
+])
+def test_frames_as_tiles_give_the_assembled_blocks_tiles_byte_for_byte(tmp_path, spec_args):
+    from converter.source.discover import discover
+    from converter.source.level_reader import LevelReader
+    from converter.source.series import build_series
+    from converter.testkit import SlideSpec, write_series
+
+    write_series(SlideSpec(tile_size=256, **spec_args), tmp_path / "in")
+    (_uid, instances), = discover([tmp_path / "in"]).series.items()
+    level = build_series(instances).levels[0]
+    got = {}
+    with LevelReader(level) as reader:
+        assert reader.read_tiles(0, 0, 512, 512, 256, 256, 255) is not None
+        assert reader.read_tiles(0, 0, 512, 512, 128, 128, 255) is None  # frames are not the tiles
+        for name, source in (("tiles", reader), ("blocks", BlocksOnly(reader))):
+            spool = TileSpool(str(tmp_path / name))
+            pyramid = BlockPyramid([(level.width, level.height, spool)], 256, 256, 80, 3.0, reader.samples, str(tmp_path / "raw"))
+            run_tasks(pyramid.tasks(source), None, 2)
+            pyramid.check()
+            got[name] = list(spool)
+            spool.close()
+    assert len(got["tiles"]) == -(-level.width // 256) * -(-level.height // 256)
+    assert got["tiles"] == got["blocks"]
