@@ -13,8 +13,9 @@ flushes the previous run's dirty pages. The first A output is checked with gen_b
 (BigTIFF, OpenSlide and large_image at every level, level-0 tiles byte-identical to the frames).
 Also one in-process conversion per size (discover + convert_series in one Python process, its
 ru_maxrss): the memory a conversion needs without the CLI's parent/worker split. Prints a
-Markdown table of medians and the median of the per-pair ratios A/B, then deletes outputs (and
-inputs, unless --keep-inputs).
+Markdown table of medians and the median of the per-pair ratios A/B, and one of A's fixed costs
+(outside the conversion: start-up, imports, discovery, process split, exit; the conversion's own
+plan, verify, colour check, fsync wait), then deletes outputs (and inputs, unless --keep-inputs).
 """
 
 from __future__ import annotations
@@ -44,12 +45,14 @@ t = time.monotonic()
 from config.settings import ConversionOptions
 from converter.conversion.convert import convert_series
 from converter.source.discover import discover
+t_imports = time.monotonic()
 found = discover([sys.argv[1]])
+t_discover = time.monotonic()
 (instances,) = found.series.values()
 report = convert_series(instances, sys.argv[2], ConversionOptions(mode="copy", threads=1))
 assert report.ok, report.error
 print(json.dumps({"wall": time.monotonic() - t, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "timings": report.timings}))
+                  "timings": report.timings, "steps": {"imports": t_imports - t, "discover": t_discover - t_imports}}))
 """
 
 
@@ -150,6 +153,12 @@ def run_size(width: int, reps: int, work: Path, keep: bool) -> dict[str, object]
         "rss_cli": max(r[1] for r in a_runs) / 1024, "rss_inproc": one["maxrss_kb"] / 1024,
         "splice": statistics.median(r[2].get("splice", 0.0) for r in a_runs),
         "check": statistics.median(r[2].get("copy_check", 0.0) for r in a_runs),
+        # Fixed costs: what the command spends outside convert_series (start-up, imports, discovery,
+        # the process split, exit), and the conversion's own steps around the copy.
+        "outside": statistics.median(r[0] - r[2].get("total", 0.0) for r in a_runs),
+        "steps": {k: statistics.median(r[2].get(k, 0.0) for r in a_runs)
+                  for k in ("plan", "write", "verify", "colour_check", "fsync_rename")},
+        "inproc_steps": one.get("steps", {}),
     }
 
 
@@ -174,6 +183,15 @@ def main() -> int:
         pairs = ", ".join(f"{x:.2f}" for x in r["ratios"])
         print(f"| {r['size']} | {r['gb']:.2f} | {r['frames']:,} | {r['a']:.2f} | {r['b']:.2f} | {r['ratio']:.2f}× | {pairs} |"
               f" {r['splice']:.2f} | {r['check']:.2f} | {r['rss_cli']:.0f} | {r['rss_inproc']:.0f} |")
+    print("\nFixed costs of A (medians, s): outside the conversion = wall - its timings.total (start-up, imports,"
+          " discovery, process split, exit); then the conversion's own steps (sidecar timings; verify and colour"
+          " check run beside the background fsync, fsync_rename is the wait for it). In-process: imports and discovery.\n")
+    print("| slide | outside conversion | plan | write (structure + copy) | verify | colour check | fsync wait | in-process imports | in-process discover |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        st, ip = r["steps"], r["inproc_steps"]
+        print(f"| {r['size']} | {r['outside']:.2f} | {st['plan']:.2f} | {st['write']:.2f} | {st['verify']:.2f} |"
+              f" {st['colour_check']:.2f} | {st['fsync_rename']:.2f} | {ip.get('imports', 0.0):.2f} | {ip.get('discover', 0.0):.2f} |")
     return 0
 
 
