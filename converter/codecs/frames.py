@@ -338,6 +338,11 @@ def encode_checked(tile: np.ndarray, quality: int, max_mad: float | None) -> tup
     Returns the bitstream and the quality used. The tile's tissue is found once,
     whatever the number of attempts.
     """
+    key = _uniform_key(tile, quality, max_mad)
+    if key is not None:
+        known = _UNIFORM.get(key)
+        if known is not None:
+            return known
     q = quality
     tissue = None
     while True:
@@ -348,8 +353,33 @@ def encode_checked(tile: np.ndarray, quality: int, max_mad: float | None) -> tup
         if tissue is None:
             tissue = tissue_of(tile)
         if mad_per_channel(decoded, tile, tissue) <= max_mad:
+            if key is not None:
+                if len(_UNIFORM) >= 64:
+                    _UNIFORM.clear()
+                _UNIFORM[key] = (data, q)
             return data, q
         q = min(100, q + 5)
+
+
+_UNIFORM: dict[tuple, tuple[bytes, int]] = {}
+"""Encoded uniform tiles (every pixel the same) by shape, pixel, quality and limit.
+
+Why: a slide's blank background, the padding of its edges and a sparse series' missing frames
+give many tiles of one colour; encoding is deterministic, so such a tile is encoded and checked
+once and its bitstream and quality reused, the same bytes and the same decision as every time.
+"""
+
+
+def _uniform_key(tile: np.ndarray, quality: int, max_mad: float | None) -> tuple | None:
+    """The cache key of a tile whose pixels are all equal, else None (a few probes reject most tiles)."""
+    first = tile[0, 0]
+    if not (tile[::37, ::41] == first).all():
+        return None
+    flat = tile.reshape(-1)
+    c = tile.shape[-1]
+    if not np.array_equal(flat[c:], flat[:-c]):
+        return None
+    return tile.shape, first.tobytes(), quality, max_mad
 
 
 def background_tile(height: int, width: int, samples: int, value: int = 255) -> np.ndarray:

@@ -18,6 +18,11 @@ from converter.source.frame_index import FrameIndex, build_frame_index
 from converter.source.level import Level
 
 
+_REPEAT_MAX_BYTES = 4096
+"""Frames up to this size (blank and near-blank tiles) are remembered decoded, in case they repeat."""
+_REPEATS = 32
+
+
 class LevelReader:
     def __init__(self, level: Level, pool: Executor | None = None, background: int = 255) -> None:
         self.level = level
@@ -34,6 +39,8 @@ class LevelReader:
             self.close()
             raise
         self._row_cache: dict[int, np.ndarray] = {}
+        self._repeats: dict[tuple[int, bytes], tuple[np.ndarray, ColourDecision | None]] = {}
+        """Small frames decoded, by instance and bytes: blank frames repeat, byte for byte."""
         self.colours: dict[tuple[str, str], ColourDecision] = {}
         """Every distinct colour decision met while decoding (decided, why) -> decision."""
 
@@ -85,7 +92,17 @@ class LevelReader:
         if data is None:
             return background_tile(lv.tile_height, lv.tile_width, self.samples, self.background)
         ref = lv.tile_index.frames[(col, row)]
-        pixels, decision = decode_frame_colour(data, lv.instances[ref.instance], ref.frame)
+        key = (ref.instance, data) if len(data) <= _REPEAT_MAX_BYTES else None
+        known = self._repeats.get(key) if key is not None else None
+        if known is not None:
+            pixels, decision = known
+        else:
+            pixels, decision = decode_frame_colour(data, lv.instances[ref.instance], ref.frame)
+            if key is not None:
+                pixels.flags.writeable = False  # shared by every frame with these bytes
+                if len(self._repeats) >= _REPEATS:
+                    self._repeats.clear()
+                self._repeats[key] = (pixels, decision)
         if decision is not None and (decision.decided, decision.why) not in self.colours:
             self.colours[(decision.decided, decision.why)] = decision
         return pixels

@@ -82,3 +82,21 @@ def test_encode_checked_raises_quality_only_where_needed():
         assert q == want
         assert data == encode_tile(tile, q)
     assert encode_checked(noisy, 50, limit)[1] > 50 and encode_checked(flat, 50, limit)[1] == 50
+
+
+def test_uniform_tiles_are_encoded_once_with_the_same_bytes_and_decision():
+    from converter.codecs import frames
+
+    frames._UNIFORM.clear()
+    blank = np.full((256, 256, 3), (250, 248, 251), np.uint8)
+    first = encode_checked(blank, 80, 3.0)
+    assert first == (encode_tile(blank, 80), 80)
+    assert len(frames._UNIFORM) == 1
+    assert encode_checked(blank.copy(), 80, 3.0) == first  # from the cache, identical
+    assert encode_checked(blank, 85, 3.0) == (encode_tile(blank, 85), 85)  # another quality: its own entry
+    almost = blank.copy()
+    almost[255, 255, 2] = 0  # one pixel differs (not where the probes look): not uniform
+    assert encode_checked(almost, 80, 3.0) == (encode_tile(almost, 80), 80)
+    assert len(frames._UNIFORM) == 2
+    gray = np.full((64, 64, 1), 7, np.uint8)
+    assert encode_checked(gray, 80, 3.0) == (encode_tile(gray, 80), 80)
