@@ -219,7 +219,7 @@ class Tissue:
 
     `keep` is 0 or 1 for every sample (the tile's own layout, flattened): 1 for all samples
     of a pixel whose darkest channel is below TISSUE_THRESHOLD. None: every pixel counts
-    (fewer than MIN_TISSUE_PIXELS are tissue). `pixels`: how many pixels count.
+    (fewer than MIN_TISSUE_PIXELS are tissue, or all are). `pixels`: how many pixels count.
     It lives in a per-thread buffer: valid until the next tissue_of in the same thread.
     """
 
@@ -255,14 +255,14 @@ def tissue_of(b: np.ndarray) -> Tissue:
             np.bitwise_or(first[:head], lt[j : head + j], out=first[:head])
         np.bitwise_and(first, _pixel_starts(channels, size), out=first)
         n = int(np.count_nonzero(first))
-        if n < MIN_TISSUE_PIXELS:
+        if n < MIN_TISSUE_PIXELS or n == pixels:  # background, or tissue everywhere: every pixel counts
             return Tissue(None, pixels)
         keep = _scratch.get("keep", size)
         keep[0] = first[0]
         np.bitwise_or(first[1:], first[:-1], out=keep[1:])
         for j in range(2, channels):
             np.bitwise_or(keep[j:], first[: size - j], out=keep[j:])
-    if n < MIN_TISSUE_PIXELS:
+    if n < MIN_TISSUE_PIXELS or n == pixels:
         return Tissue(None, pixels)
     return Tissue(keep, n)
 
