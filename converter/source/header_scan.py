@@ -18,43 +18,15 @@ from __future__ import annotations
 
 import io
 import struct
-import sys
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from pydicom.datadict import dictionary_VR
 
-def _import_pydicom() -> None:
-    """Import pydicom without the optional packages it probes for and wsi-node never uses through it.
-
-    pydicom's config imports every pixel data handler at once, and they import `requests` (to
-    download pydicom's own test files) and Pillow (a decoder plugin) when those are installed:
-    40-70 ms of `wsi-node convert`'s start-up (issue 14) for code wsi-node never calls (pydicom
-    only parses headers here; frames are decoded with imagecodecs). Both are hidden while pydicom
-    is first imported (a None entry in sys.modules makes `import` raise ImportError, which pydicom
-    takes for "not installed") and importable again right after, for any other user. This module
-    is the first of the converter to import pydicom (converter.source.instance imports it first).
-    """
-    if "pydicom" in sys.modules:
-        return
-    hidden = [name for name in ("requests", "PIL") if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]
-    try:
-        import pydicom  # noqa: F401
-    finally:
-        for name in hidden:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
-
-
-_import_pydicom()
-
-from pydicom.datadict import dictionary_VR  # noqa: E402
-
-from converter.errors import InstanceRefused  # noqa: E402
-from converter.source.item_table import items_match_table  # noqa: E402
+from converter.errors import InstanceRefused
+from converter.source.item_table import items_match_table
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"

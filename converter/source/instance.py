@@ -18,13 +18,12 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
-from converter.source.header_scan import KEPT_TAGS, HeaderScan, scan_header  # first: it imports pydicom lightly
-
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from converter.errors import InputError, InstanceRefused, NotDicomError, NotWsiError
+from converter.source.header_scan import KEPT_TAGS, HeaderScan, scan_header
 from converter.source.validate import DEFAULT_LIMITS, Limits, refusal, validate
 
 log = logging.getLogger("wsi_node.source")
