@@ -109,6 +109,10 @@ def run_convert(args: argparse.Namespace) -> int:
             report = run_in_fork(convert_series, instances, _target(output, uid, single), options)
         except Exception as exc:  # the conversion process died (e.g. a codec crashed)
             report = _died(uid, exc)
+            if getattr(exc, "pid", None):  # a child killed outright cannot clean up: its scratch goes here
+                from converter.conversion.run import remove_scratch
+
+                remove_scratch(_target(output, uid, single), exc.pid)
         reports.append(_reported(report, found, uid, None))
     elif todo:
         from converter.executors.local import make_executor

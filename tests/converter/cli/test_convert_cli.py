@@ -51,3 +51,22 @@ def test_a_failing_command_line_says_why_and_exits_1(tmp_path):
                        capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 1
     assert "no such file or folder" in r.stderr and "no whole-slide image series found" in r.stderr
+
+
+def test_a_conversion_child_killed_outright_leaves_no_scratch_files(tmp_path, monkeypatch):
+    import os
+
+    import converter.conversion.convert as engine
+
+    src = tmp_path / "in"
+    write_series(SlideSpec(width=600, height=400, tile_size=256), src)
+    out = tmp_path / "out.tiff"
+
+    def dies(instances, output, options):  # what a codec crash looks like from outside: no cleanup, no result
+        Path(output).parent.joinpath(f".{Path(output).name}.{os.getpid()}.tmp").write_bytes(b"partial")
+        Path(output).parent.joinpath(f".{Path(output).name}.{os.getpid()}.work").mkdir()
+        os._exit(9)
+
+    monkeypatch.setattr(engine, "convert_series", dies)
+    assert wsi_node(["convert", str(src), "-o", str(out)]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
