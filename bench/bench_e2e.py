@@ -23,18 +23,23 @@ unless --keep-inputs. For each repetition every size runs, in an order that rota
   receive time to an idle node (its own serve run in the same repetition). BIG's conversion time
   under that load is reported too.
 
-CPU accounting (/proc/<pid>/schedstat, sampled every 50 ms): the conversion process's time on a
-CPU and its time runnable but waiting for one (run-queue wait), for serve and cli alike, and
-the node's threads' during each push. On a shared machine the wall times mostly differ by the
-run-queue wait (other people's processes); equal CPU times mean the node adds no work.
+CPU accounting (/proc/<pid>/task/<tid>/schedstat of every thread of every process in the command's
+tree, sampled every 50 ms until the end, the last sample of each kept; see CpuWatch): the conversion
+process's time on a CPU and its time runnable but waiting for one (run-queue wait), for serve (the
+pool worker the node's forkserver forks) and cli (the child `wsi-node convert` forks, run_in_fork)
+alike, all their threads; the node's threads' during each push; for cli also the whole command's CPU
+(sampled, and from getrusage of the reaped command as a check). On a shared machine the wall times
+mostly differ by the run-queue wait (other people's processes); equal CPU times mean the node adds
+no work.
 
 Targets: 3) serve's conversion (timings.total) / cli's within 0.9-1.1, and the second sender's
 throughput during a conversion / idle >= ~0.9 ("full speed"); 7) publish latency <= conversion
 + 3 s (publication within receive + conversion + 3 s), for a slide whose pyramid is complete.
 
 Prints a Markdown table of medians and the ratios per size; writes every run to
---work/results-e2e.json. Before every run as many bytes as it will write are written to
-a file and deleted (see prime()); the page cache is flushed (sync) before every push. Needs DCMTK.
+--work/results-e2e.json. Before every run as many bytes as it will write (serve: the received
+instances and the conversion's output; cli: the output) are written to a file and deleted (see
+prime()); the page cache is flushed (sync) before every push. Needs DCMTK.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,7 +60,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    NODE_AE, dcm_files, descendants, fmt, free_port, markdown_table, med, node_process, push, series_uid, wait_published,
+    NODE_AE, dcm_files, fmt, free_port, markdown_table, med, node_process, prime_page_cache, push, series_uid, wait_published,
 )
 from gen_big import big_spec, write_big_series  # noqa: E402
 
@@ -89,37 +95,73 @@ def schedstat(path: str) -> tuple[float, float] | None:
         return None
 
 
-def _children(pid: int) -> list[int]:
+def _tids(pid: int) -> list[int]:
     try:
-        return [int(c) for t in os.listdir(f"/proc/{pid}/task") for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except OSError:
         return []
 
 
+def _children(pid: int) -> list[int]:
+    """Child processes of `pid` (of any of its threads), from /proc/<pid>/task/*/children."""
+    out: list[int] = []
+    for tid in _tids(pid):
+        try:
+            out += [int(c) for c in open(f"/proc/{pid}/task/{tid}/children").read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:
+        return b""
+
+
 class CpuWatch(threading.Thread):
-    """Every 50 ms: the schedstat of each grandchild process that appeared under `root` after the start
-    (forked by the executor's forkserver; the conversion process is the one with the most CPU time) and of each thread of `root` itself (the
-    receivers). Machine noise shows as run-queue wait; the CPU a conversion needs is its run time."""
+    """Every 50 ms, for every process of `root`'s tree (root included) and every thread of each, the
+    last schedstat seen: the CPU time and run-queue wait of a process that has exited are its last
+    sample's (at most 50 ms short). Per thread because /proc/<pid>/schedstat is the main thread's
+    alone, and a conversion's codec and copy threads do much of its work.
+
+    The conversion processes (conversion()) are the processes that appeared after the start and were
+    forked without an exec, i.e. have their parent's command line: the child `wsi-node convert` forks
+    for one series (run_in_fork) and the pool worker the node's forkserver forks (the forkserver and
+    the resource tracker are exec'd helpers, whatever their start time); with every process below
+    them. Machine noise shows as run-queue wait; the CPU a conversion needs is its run time."""
 
     def __init__(self, root: int) -> None:
         super().__init__(daemon=True)
-        self.root, self.before = root, set(descendants(root))
-        self.procs: dict[int, tuple[float, float]] = {}
-        self.threads: dict[int, tuple[float, float]] = {}
+        self.root = root
+        self.lock = threading.Lock()
+        self.parent: dict[int, int] = {}
+        self.cmd: dict[int, bytes] = {}  # last non-empty command line (empty once a process is a zombie)
+        self.tasks: dict[tuple[int, int], tuple[float, float]] = {}  # (pid, tid) -> last (run, wait)
+        self.before = set(self._tree())
         self.halt = threading.Event()
 
+    def _tree(self) -> dict[int, int]:
+        """pid -> parent pid for root and its descendants now."""
+        tree, todo = {self.root: 0}, [self.root]
+        while todo:
+            p = todo.pop()
+            for c in _children(p):
+                if c not in tree:
+                    tree[c] = p
+                    todo.append(c)
+        return tree
+
     def sample(self) -> None:
-        children = set(descendants(self.root)) - set(_children(self.root))  # not the forkserver nor the resource tracker
-        for pid in children - self.before:
-            if (st := schedstat(f"/proc/{pid}/schedstat")) is not None:
-                self.procs[pid] = st
-        try:
-            tids = [int(t) for t in os.listdir(f"/proc/{self.root}/task")]
-        except OSError:
-            tids = []
-        for tid in tids:
-            if (st := schedstat(f"/proc/{self.root}/task/{tid}/schedstat")) is not None:
-                self.threads[tid] = st
+        tree = self._tree()
+        seen = {(pid, tid): st for pid in tree for tid in _tids(pid)
+                if (st := schedstat(f"/proc/{pid}/task/{tid}/schedstat")) is not None}
+        cmds = {pid: c for pid in tree if (c := _cmdline(pid))}
+        with self.lock:
+            self.parent.update(tree)
+            self.cmd.update(cmds)
+            self.tasks.update(seen)
 
     def run(self) -> None:
         while not self.halt.is_set():
@@ -129,15 +171,41 @@ class CpuWatch(threading.Thread):
     def finish(self) -> None:
         self.halt.set()
         self.join()
+        self.sample()  # whatever is still there
 
-    def conversion(self) -> tuple[float | None, float | None]:
-        """(CPU s, run-queue wait s) of the busiest new process."""
-        if not self.procs:
-            return None, None
-        return max(self.procs.values())
+    def _total(self, pids: set[int], leader_only: bool = False) -> tuple[float, float]:
+        with self.lock:
+            vals = [v for (pid, tid), v in self.tasks.items() if pid in pids and (tid == pid or not leader_only)]
+        return sum(v[0] for v in vals), sum(v[1] for v in vals)
+
+    def conversion_pids(self) -> set[int]:
+        with self.lock:
+            parent, cmd = dict(self.parent), dict(self.cmd)
+        tops = {p for p, pp in parent.items() if p != self.root and p not in self.before
+                and cmd.get(p) is not None and cmd.get(p) == cmd.get(pp)}
+        out = set(tops)
+        changed = True
+        while changed:  # everything below them
+            more = {p for p, pp in parent.items() if pp in out} - out
+            out |= more
+            changed = bool(more)
+        return out
+
+    def conversion(self, leader_only: bool = False) -> tuple[float | None, float | None]:
+        """(CPU s, run-queue wait s) of the conversion processes, all threads (`leader_only`: main threads
+        only, what this bench reported before); (None, None) if none was seen."""
+        pids = self.conversion_pids()
+        return self._total(pids, leader_only) if pids else (None, None)
+
+    def tree_total(self) -> tuple[float, float]:
+        """(CPU s, run-queue wait s) of every process seen in the tree, root included."""
+        with self.lock:
+            pids = set(self.parent)
+        return self._total(pids)
 
     def threads_total(self) -> tuple[float, float]:
-        return sum(v[0] for v in self.threads.values()), sum(v[1] for v in self.threads.values())
+        """The threads of `root` itself (the node's receivers and main loop)."""
+        return self._total({self.root})
 
 
 # --- the node's own account -----------------------------------------------------------------------
@@ -189,27 +257,43 @@ def cleanup(*paths: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def prime(nbytes: int, folder: Path) -> None:
-    """Write and delete `nbytes` of zeros in `folder` before a run.
+PRIME_SLACK = 256 << 20
+"""Primed on top of the bytes a run writes: the processes' own memory (node, forkserver, conversion
+process: 100-150 MB each) comes from the same free pages, and the output size is an estimate."""
+
+
+def prime(nbytes: int, folder: Path) -> int:
+    """Freed page cache for `nbytes` of writes plus PRIME_SLACK (bench/_common.prime_page_cache); returns the amount.
 
     On this VM, page cache in memory the guest has not touched before costs several times more to
-    write than pages a deleted file freed (measured by another bench, bench/_common.py: 0.25 s vs up
-    to 4 s per GB). A conversion inside serve writes right after the receive took fresh pages, the
-    CLI's after the last run's files were deleted: without this the order of the runs, not the
-    node, decides the ratio. Each run gets at least the memory it will write, freed.
+    write than pages a deleted file freed (0.25 s vs up to 4 s per GB, see prime_page_cache). So every
+    run is primed, right before it, for everything it writes: serve for the received instances (N bytes
+    into the inbox) and then the conversion's output (the TIFF in serving, about N again in copy mode);
+    the CLI for the conversion's output only (its input is read, not written). A run primed for less
+    than it writes would pay first-touch for the rest, and the order of the runs, not the node, would
+    decide the serve / cli ratio.
     """
-    path = folder / ".prime"
-    block = bytes(8 << 20)
-    with open(path, "wb", buffering=0) as f:
-        for _ in range(0, nbytes, len(block)):
-            f.write(block)
-    path.unlink()
+    total = nbytes + PRIME_SLACK
+    prime_page_cache(total, folder)
+    return total
+
+
+def output_bytes(m: dict) -> int:
+    """The conversion's output size: the largest seen so far for this input (TIFF + report), else the
+    input's size (copy mode writes the same frames again)."""
+    return max(m["bytes"], m.get("out_bytes", 0))
+
+
+def record_output(m: dict, *files: Path) -> int:
+    size = sum(f.stat().st_size for f in files if f.exists())
+    m["out_bytes"] = max(m.get("out_bytes", 0), size)
+    return size
 
 
 # --- runs ---------------------------------------------------------------------------------------
 def run_serve(work: Path, src: Path, m: dict, timeout: float = 900) -> dict:
     data, log = fresh(work, "node")
-    prime(2 * m["bytes"], work)  # the inbox and serving copies
+    primed = prime(m["bytes"] + output_bytes(m), work)  # the receive writes N bytes into the inbox, the conversion its output
     port = free_port()
     try:
         with node_process(data, log, port, "--quiet-period", "60", "--log-format", "json", env=node_env()) as scp:
@@ -226,11 +310,14 @@ def run_serve(work: Path, src: Path, m: dict, timeout: float = 900) -> dict:
             wait_log(log, m["uid"], "published", 10, scp.proc)
             watch.finish()
             cpu, cpu_wait = watch.conversion()
+            cpu_leader, _ = watch.conversion(leader_only=True)
             hwm = scp.hwm_kb()
             times = log_times(log, m["uid"])
+            written = m["bytes"] + record_output(m, data / "serving" / f"{m['uid']}.tiff", data / "serving" / f"{m['uid']}.json")
         return {"receive": wall, "mbps": m["bytes"] / 1e6 / wall, "latency": latency, "conversion": conversion,
                 "start_after_receive": times["converting"] - done_wall, "node_span": times["published"] - times["converting"],
-                "end_to_end": done_wall - t0 + latency, "cpu": cpu, "cpu_wait": cpu_wait,
+                "end_to_end": done_wall - t0 + latency, "cpu": cpu, "cpu_wait": cpu_wait, "cpu_leader": cpu_leader,
+                "written_mb": written / 1e6, "primed_mb": primed / 1e6,
                 "node_cpu": after[0] - before[0], "node_wait": after[1] - before[1], "rss_main": scp.poller.main_kb / 1024,
                 "rss_tree": scp.poller.tree_kb / 1024, "hwm_main": hwm / 1024}
     finally:
@@ -241,9 +328,10 @@ def run_cli(work: Path, src: Path, m: dict) -> dict:
     out = work / "cli-out"
     cleanup(out)
     out.mkdir()
-    prime(2 * m["bytes"], work)  # as much as serve gets
+    primed = prime(output_bytes(m), work)  # the CLI writes only the conversion's output
     target = out / "slide.tiff"
     os.sync()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.monotonic()
     proc = subprocess.Popen([WSI_NODE, "convert", "--mode", "auto", "-o", str(target), str(src)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -251,13 +339,20 @@ def run_cli(work: Path, src: Path, m: dict) -> dict:
     watch.start()
     _, err = proc.communicate()
     wall = time.monotonic() - t
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the whole command, reaped descendants included
     watch.finish()
     cpu, cpu_wait = watch.conversion()
+    cpu_leader, _ = watch.conversion(leader_only=True)
+    tree_cpu, _ = watch.tree_total()
     try:
         if proc.returncode != 0:
             raise RuntimeError(f"wsi-node convert failed ({proc.returncode}): {err[-2000:]}")
         report = json.loads(target.with_suffix(".json").read_text())
-        return {"cli_wall": wall, "cli_conversion": report["timings"]["total"], "cli_cpu": cpu, "cli_cpu_wait": cpu_wait}
+        written = record_output(m, target, target.with_suffix(".json"))
+        return {"cli_wall": wall, "cli_conversion": report["timings"]["total"], "cli_cpu": cpu, "cli_cpu_wait": cpu_wait,
+                "cli_cpu_leader": cpu_leader, "cli_tree_cpu": tree_cpu,
+                "cli_tree_cpu_rusage": ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime,
+                "cli_written_mb": written / 1e6, "cli_primed_mb": primed / 1e6}
     finally:
         cleanup(out)
 
@@ -265,7 +360,8 @@ def run_cli(work: Path, src: Path, m: dict) -> dict:
 def run_busy(work: Path, big: Path, mb: dict, other: Path, mo: dict, timeout: float = 900) -> dict:
     """BIG pushed, then OTHER pushed while BIG converts: OTHER's receive time and BIG's conversion time."""
     data, log = fresh(work, "node-busy")
-    prime(2 * (mb["bytes"] + mo["bytes"]), work)
+    # BIG's receive and conversion, then OTHER's (pushed and converted while BIG is still converting)
+    prime(mb["bytes"] + output_bytes(mb) + mo["bytes"] + output_bytes(mo), work)
     port = free_port()
     try:
         with node_process(data, log, port, "--quiet-period", "60", "--log-format", "json", env=node_env()) as scp:
@@ -355,7 +451,8 @@ def main() -> int:
         cpu = [r["cpu"] / r["cli_cpu"] for r in rs if r.get("cpu") and r.get("cli_cpu")]
         print(f"- {w}: serve / cli conversion = {statistics.median(ratio):.2f} (per repetition: "
               f"{', '.join(f'{x:.2f}' for x in ratio)}); CPU time serve / cli = "
-              f"{statistics.median(cpu) if cpu else float('nan'):.2f}; latency - conversion: "
+              f"{statistics.median(cpu) if cpu else float('nan'):.2f}; the whole `wsi-node convert` command's CPU "
+              f"{fmt(med(rs, 'cli_tree_cpu'))} s (getrusage {fmt(med(rs, 'cli_tree_cpu_rusage'))} s); latency - conversion: "
               f"{', '.join(f'{x:.2f}' for x in (r['latency'] - r['conversion'] for r in rs))} s")
     if busy:
         rs_big, rs_other = runs[busy[0]], runs[busy[1]]
