@@ -72,6 +72,18 @@ def run_convert(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"wsi-node convert: {exc}", file=sys.stderr)
         return 2
+    from converter.conversion.early_copy import start_forked_early_copy
+
+    # The kernel copy of the frames starts now, while the headers are read (converter.tiff.copier.ForkedCopier).
+    early = start_forked_early_copy(args.inputs, Path(args.output), options)
+    try:
+        return _convert_all(args, options, early)
+    finally:
+        if early is not None:
+            early.dispose()
+
+
+def _convert_all(args: argparse.Namespace, options: ConversionOptions, early) -> int:
     from converter.source.discover import discover
 
     found = discover(args.inputs)
@@ -106,7 +118,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
         ((uid, instances),) = todo.items()
         try:
-            report = run_in_fork(convert_series, instances, _target(output, uid, single), options)
+            target = _target(output, uid, single)
+            report = run_in_fork(convert_series, instances, target, options, early=early if target == output else None)
         except Exception as exc:  # the conversion process died (e.g. a codec crashed)
             report = _died(uid, exc)
             if getattr(exc, "pid", None):  # a child killed outright cannot clean up: its scratch goes here
@@ -116,6 +129,9 @@ def run_convert(args: argparse.Namespace) -> int:
         reports.append(_reported(report, found, uid, None))
     elif todo:
         from converter.executors.local import make_executor
+
+        if early is not None:  # several series: each conversion copies its own
+            early.dispose()
 
         if sys.stderr.isatty():
             from tqdm import tqdm

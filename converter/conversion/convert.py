@@ -29,9 +29,12 @@ from converter.codecs.jpeg import JpegInfo, parse_jpeg
 from converter.tiff.layout import COPYABLE_SUBSAMPLING, LayoutPlan, SourceLevelFacts, plan_layout
 from converter.source.level import Level
 from converter.source.level_reader import LevelReader
-from converter.durable import fsync_and_rename
+from converter.durable import fsync_and_rename, fsync_file
 from converter.tiff.pyramid import TileAppender, TileSpool, downsample2
-from converter.tiff.splice import copy_range, point_tiles
+from converter.tiff.copier import HEADER, Copier, ForkedCopier
+from converter.tiff.relocate import move_structure
+from converter.tiff.splice import point_tiles, tile_places
+from converter.conversion.early_copy import adopt, start_early_copy
 from converter.conversion.copy_frames import CopyMismatch as _CopyMismatch, PlannedCopy, check_frame, plan_copy
 from converter.conversion.encode import encode_chains
 from converter.conversion.report import ConversionReport, LevelReport
@@ -163,10 +166,12 @@ def _thumbnail_from(levels: list[TiffLevel]) -> np.ndarray:
 
 
 def convert_series(instances: list[WsiInstance], output: str | Path, options: ConversionOptions,
-                   notes: list[str] | None = None) -> ConversionReport:
+                   notes: list[str] | None = None, early: ForkedCopier | None = None) -> ConversionReport:
     """Convert one series to `output`; returns the report, never raises for bad input.
 
-    `notes` (e.g. why the slide looked incomplete) go into the report first.
+    `notes` (e.g. why the slide looked incomplete) go into the report first. `early`: a copy the
+    command line started before reading the headers (converter.conversion.early_copy); else the
+    conversion starts its own.
     """
     output = Path(output)
     first = instances[0]
@@ -180,7 +185,7 @@ def convert_series(instances: list[WsiInstance], output: str | Path, options: Co
         log.exception("conversion of series %s failed unexpectedly", first.series_uid)
         return f"series {first.series_uid}: unexpected {type(exc).__name__}: {exc}. Fix: report this as a bug with the sidecar JSON."
 
-    return run_conversion(output, report, lambda work, tmp: _convert(instances, output, options, report, work, tmp), describe)
+    return run_conversion(output, report, lambda work, tmp: _convert(instances, output, options, report, work, tmp, early), describe)
 
 
 def _convert(
@@ -190,8 +195,18 @@ def _convert(
     report: ConversionReport,
     work: Path,
     tmp: Path,
+    given: ForkedCopier | None = None,
 ) -> None:
     t = time.monotonic()
+    early = given or start_early_copy(instances, tmp, options)  # the disk starts while the series is planned
+    try:
+        _convert_series(instances, options, report, work, tmp, output, early, t)
+    finally:
+        if early is not None:
+            early.cancel()
+
+
+def _convert_series(instances, options, report, work, tmp, output, early, t) -> None:
     series = build_series(instances)
     report.notes.extend(series.notes)
     report.source |= {
@@ -209,11 +224,14 @@ def _convert(
         try:
             for _attempt in range(len(series.levels) + 1):
                 try:
-                    _attempt_convert(series, readers, blockers, output, options, report, work, tmp, pool, t)
+                    _attempt_convert(series, readers, blockers, output, options, report, work, tmp, pool, t, early)
                     return
                 except _CopyMismatch as exc:
                     if options.mode == "copy":
                         raise
+                    if early is not None:
+                        early.cancel()
+                        early = None
                     report.notes.append(f"source level {exc.level}: {exc.reason}; re-encoded instead")
                     blockers[exc.level] = exc.reason
                     tmp.unlink(missing_ok=True)
@@ -234,7 +252,7 @@ def plan_series(instances: list[WsiInstance], options: ConversionOptions) -> tup
     return series, plan_layout(facts, options.mode, options.tile_size)
 
 
-def _attempt_convert(series, readers, blockers, output, options, report, work, tmp, pool, t) -> None:
+def _attempt_convert(series, readers, blockers, output, options, report, work, tmp, pool, t, early=None) -> None:
     facts, infos = [], []
     for i, lv in enumerate(series.levels):
         f, info = _copy_facts(lv, readers[i])
@@ -312,30 +330,88 @@ def _attempt_convert(series, readers, blockers, output, options, report, work, t
         svs_extra["AppMag"] = svs_extra.pop("ObjectiveLensPower")
     what, description = f"series {series.series_uid}", _description(series, plan)
     if not direct:
+        if early is not None:  # this path writes the structure first: the early copy's places are not its own
+            early.cancel()
         write_verify_publish(
             tmp, output, plan, tiff_levels, associated, readers, fills, options, report, pool_spools=spools,
             description=description, svs_extra=svs_extra, icc=icc, what=what, t_write=t, copies=copies,
         )
         return
-    # The structure first, every re-encoded tile appended behind it as it is made.
-    write = _Structure(tmp, work, tiff_levels, associated, options, description, svs_extra, icc)
-    pages = write.first(plan.bigtiff, sum(c.splice.max_bytes for c in copies.values()), report)
-    t_structure = time.monotonic() - t
-    t = time.monotonic()
-    appender = TileAppender(tmp, {lv.index: report.levels[lv.index].tiles for lv in plan.levels if lv.needs_pixels})
+    # The pixel data first, from byte 16 on (the copied frames, then every re-encoded tile as it is made),
+    # the structure last, behind it (converter.tiff.relocate): the copy then needs nothing of the structure.
+    runs = [run for c in copies.values() for run in c.splice.runs]
+    copier = adopt(early, runs) or Copier(tmp, runs, HEADER)
+    copier.claim(tmp)  # an early copy of the command line's is in a file of its own until now
+    if runs:
+        report.source["copy_started"] = ("with the command" if isinstance(copier, ForkedCopier)
+                                         else "before the plan" if copier is early else "after the plan")
+    if early is not None and copier is not early:
+        log.debug("series %s: the early copy was not what the plan copies; copied again", series.series_uid)
+    structure = work / "structure.tif"
+    write = _Structure(structure, work, tiff_levels, associated, options, description, svs_extra, icc)
     try:
-        encode_chains(plan, readers, work, options, pool, report, sink=appender)
-        appender.finish()
+        pages = write.write(structure, plan.bigtiff or copier.end >= CLASSIC_LIMIT)
+        t_structure = time.monotonic() - t
+        t = time.monotonic()
+        appender = TileAppender(tmp, {lv.index: report.levels[lv.index].tiles for lv in plan.levels if lv.needs_pixels},
+                                start=copier.end)
+        try:
+            encode_chains(plan, readers, work, options, pool, report, sink=appender)
+            appender.finish()
+        finally:
+            appender.close()
+        report.timings["pixels"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        t_write = t - t_structure
+        for planned in copies.values():  # every frame checked while the kernel copies (a failure stops it)
+            planned.check()
+        if copies:
+            report.timings["copy_check"] = round(time.monotonic() - t, 3)
+        copier.join()
+    except BaseException:
+        copier.cancel()
+        raise
+    if copies:
+        report.timings["splice"] = round(time.monotonic() - t, 3)
+    placed = {pages[f"level-{i}"]: v for i, v in appender.placed().items()}
+    fd = os.open(tmp, os.O_RDWR)
+    try:
+        tail = appender.end
+        for i, planned in copies.items():
+            splice = planned.splice
+            run_at = np.array([copier.where(r) for r in splice.runs] or [0], np.uint64)
+            fill_at = 0
+            if splice.has_holes:
+                os.pwrite(fd, splice.fill, tail)
+                fill_at, tail = tail, tail + len(splice.fill)
+            placed[pages[f"level-{i}"]] = tile_places(splice, run_at, fill_at)
+        pages = _place_structure(fd, write, structure, pages, tail + (-tail % 16), report)
     finally:
-        appender.close()
-    report.timings["pixels"] = round(time.monotonic() - t, 3)
-    t = time.monotonic() - t_structure
-    pages, shift = write.fit(pages, appender, sum(c.splice.max_bytes for c in copies.values()), report)
-    placed = appender.placed(shift)
-    if placed:
-        point_tiles(tmp, {pages[f"level-{i}"]: v for i, v in placed.items()})
-    known = {pages[f"level-{i}"]: int(counts.sum()) for i, (_o, counts) in placed.items()}
-    _splice_verify_publish(tmp, output, plan, pages, readers, fills, options, report, {}, what, t, copies, known)
+        os.close(fd)
+    point_tiles(tmp, placed)
+    syncing = Background(fsync_file, tmp)
+    known = {page: int(counts.sum()) for page, (_o, counts) in placed.items()}
+    _verify_publish(tmp, output, plan, pages, readers, fills, options, report, {}, what, t_write, syncing, known)
+
+
+def _place_structure(fd: int, write: "_Structure", structure: Path, pages: dict[str, int], at: int,
+                     report: ConversionReport) -> dict[str, int]:
+    """Write the structure at byte `at` of the output (offsets moved) and the header at 0; BigTIFF when needed.
+
+    Classic TIFF holds 32-bit offsets (TIFF 6.0): past 4 GiB the structure is written again as
+    BigTIFF, which costs the structure only (the pixel data does not move).
+    """
+    if not write.bigtiff and at + structure.stat().st_size < CLASSIC_LIMIT:
+        try:
+            move_structure(structure, fd, at)
+            return pages
+        except OverflowError:
+            pass
+    if not write.bigtiff:
+        report.notes.append("output exceeded 4 GB; written as BigTIFF")
+        pages = write.write(structure, True)
+    move_structure(structure, fd, at)
+    return pages
 
 
 class _Structure:
@@ -371,26 +447,6 @@ class _Structure:
             pages = self.write(self.tmp, True)
         return pages
 
-    def fit(self, pages: dict[str, int], appender: TileAppender, spliced: int, report: ConversionReport) -> tuple[dict[str, int], int]:
-        """BigTIFF when the tiles took a classic file too far; returns the pages and how far the tiles moved."""
-        if self.bigtiff or appender.end + spliced < CLASSIC_LIMIT:
-            return pages, 0
-        report.notes.append("output exceeded 4 GB; written as BigTIFF")
-        big = self.work / "bigtiff.tmp"
-        try:
-            pages = self.write(big, True)
-            src, dst = os.open(self.tmp, os.O_RDONLY), os.open(big, os.O_RDWR)
-            try:
-                at = os.fstat(dst).st_size
-                copy_range(src, dst, appender.start, appender.end - appender.start, at, str(self.tmp))
-            finally:
-                os.close(src)
-                os.close(dst)
-            os.replace(big, self.tmp)
-        finally:
-            big.unlink(missing_ok=True)
-        return pages, at - appender.start
-
 
 CLASSIC_LIMIT = 1 << 32
 """File size from which TIFF's 32-bit offsets (classic TIFF) no longer reach every byte."""
@@ -419,8 +475,17 @@ def _splice_verify_publish(tmp: Path, output: Path, plan: LayoutPlan, pages: dic
                            copies: dict[int, PlannedCopy], known: dict[int, int]) -> None:
     """Splice the copied levels into the written TIFF, verify it, publish it (`known`: tile bytes of IFDs already summed)."""
     syncing, spliced_sizes = write_spliced(tmp, {pages[f"level-{i}"]: c for i, c in copies.items()}, report)
+    _verify_publish(tmp, output, plan, pages, readers, fills, options, report, pool_spools, what, t_write, syncing,
+                    known | spliced_sizes)
+
+
+def _verify_publish(tmp: Path, output: Path, plan: LayoutPlan, pages: dict[str, int], readers,
+                    fills: dict[int, bytes], options: ConversionOptions, report: ConversionReport,
+                    pool_spools: dict[int, TileSpool], what: str, t_write: float, syncing: Background,
+                    known: dict[int, int]) -> None:
+    """Verify the written TIFF against the source and publish it (`syncing`: its fsync, started; `known`: IFD tile bytes)."""
     try:
-        sizes = _ifd_sizes(tmp, known | spliced_sizes)
+        sizes = _ifd_sizes(tmp, known)
         for rep in report.levels:
             rep.bytes = sizes.get(pages[f"level-{rep.index}"], 0)
         report.timings["write"] = round(time.monotonic() - t_write, 3)

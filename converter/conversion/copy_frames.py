@@ -29,7 +29,8 @@ from converter.errors import DecodeError
 from converter.source.frame_index import build_frame_index
 from converter.source.item_table import as_u64
 from converter.source.level import Level
-from converter.tiff.splice import LevelSplice, Run
+from converter.tiff.copier import Run
+from converter.tiff.splice import LevelSplice
 
 _WINDOW = 16 << 20
 _GAP = 4096

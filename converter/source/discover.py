@@ -6,15 +6,15 @@ with a message naming the file and the fix; nothing is skipped silently.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from converter.errors import InputError, InstanceRefused
 from converter.inbox import naming
 from converter.source.instance import WsiInstance, read_instance
+from converter.source.pixel_probe import iter_files
 
 
 @dataclass
@@ -30,20 +30,6 @@ class Discovery:
     series: dict[str, list[WsiInstance]] = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=dict)
-
-
-def iter_files(inputs: Iterable[str | Path]) -> Iterator[Path]:
-    """Files named directly, and every regular file under named folders (hidden names skipped)."""
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    if not name.startswith("."):
-                        yield Path(root) / name
-        else:
-            yield p
 
 
 def discover(inputs: Iterable[str | Path]) -> Discovery:

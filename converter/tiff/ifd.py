@@ -49,6 +49,12 @@ class Entry:
     count: int
     at: int
     """File offset of the first value: inside the entry when the values fit there, else where it points."""
+    slot: int = 0
+    """File offset of the entry itself (12 or 20 bytes: tag, type, count, value or pointer)."""
+
+    def inline(self, big: bool) -> bool:
+        """Whether the values sit in the entry (4 bytes in classic TIFF, 8 in BigTIFF) rather than behind a pointer."""
+        return self.count * self.itemsize <= (8 if big else 4)
 
     @property
     def itemsize(self) -> int:
@@ -58,8 +64,13 @@ class Entry:
 class Ifd:
     """One IFD of an open TIFF file: its entries; values read on demand with pread (no file position used)."""
 
-    def __init__(self, fd: int, byteorder: str, offset: int, entries: dict[int, Entry], next_offset: int) -> None:
+    def __init__(self, fd: int, byteorder: str, offset: int, entries: dict[int, Entry], next_offset: int,
+                 stored: int | None = None, listed: list[Entry] | None = None) -> None:
         self.fd, self.byteorder, self.offset, self.entries, self.next_offset = fd, byteorder, offset, entries, next_offset
+        self.stored = len(entries) if stored is None else stored
+        """Entries stored in the IFD, those of unknown types (skipped below) included."""
+        self.listed = list(entries.values()) if listed is None else listed
+        """Every entry of a known type in stored order, a repeated tag each time (`entries` keeps its last)."""
 
     def entry(self, tag: int) -> Entry:
         try:
@@ -164,6 +175,7 @@ class TiffStructure:
         fmt = self.byteorder + ("HHQ8s" if self.big else "HHI4s")
         pointer = self.byteorder + ("Q" if self.big else "I")
         entries: dict[int, Entry] = {}
+        listed: list[Entry] = []
         for k in range(count):
             tag, typ, n, value = struct.unpack_from(fmt, data, k * size)
             if typ not in TYPES:
@@ -172,8 +184,16 @@ class TiffStructure:
             at = offset + head + k * size + (size - inline) if nbytes <= inline else struct.unpack(pointer, value)[0]
             if at + nbytes > self.size:
                 raise TiffStructureError(f"tag {tag} of the IFD at byte {offset} points past the end of the file")
-            entries[tag] = Entry(tag, typ, n, at)
-        return Ifd(self.fd, self.byteorder, offset, entries, self._next_of(offset, count))
+            entries[tag] = Entry(tag, typ, n, at, offset + head + k * size)
+            listed.append(entries[tag])
+        return Ifd(self.fd, self.byteorder, offset, entries, self._next_of(offset, count), count, listed)
+
+    def ifds(self) -> list[Ifd]:
+        """Every IFD of the chain, in order."""
+        out = [self.ifd(0)]
+        while out[-1].next_offset:
+            out.append(self.ifd(len(out)))
+        return out
 
     def write_values(self, ifd: Ifd, tag: int, values: np.ndarray) -> None:
         """Overwrite the values of `tag` in place: as many values as it has, in its own type (fd open for writing)."""

@@ -119,11 +119,11 @@ class TileAppender:
     same from run to run. The index is one pair of 8-byte arrays per level (16 bytes a tile).
     """
 
-    def __init__(self, path: str | os.PathLike, levels: dict[int, int]) -> None:
-        """`levels`: output level index -> its number of tiles."""
+    def __init__(self, path: str | os.PathLike, levels: dict[int, int], start: int | None = None) -> None:
+        """`levels`: output level index -> its number of tiles; `start`: first byte (default: the end of the file)."""
         self.path = str(path)
         self._fp: BinaryIO = open(self.path, "r+b", buffering=_APPEND_BUFFER)
-        self.start = self.end = self._fp.seek(0, os.SEEK_END)
+        self.start = self.end = self._fp.seek(0, os.SEEK_END) if start is None else self._fp.seek(start)
         self._offsets = {i: array("q", bytes(8 * n)) for i, n in levels.items()}
         self._lengths = {i: array("q", [-1]) * n for i, n in levels.items()}
         self._counts = dict.fromkeys(levels, 0)

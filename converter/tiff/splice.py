@@ -14,7 +14,6 @@ system that can share blocks (XFS, Btrfs reflinks) may do so.
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 from dataclasses import dataclass
@@ -22,29 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.errors import DecodeError
+from converter.tiff.copier import Run, copy_range
 from converter.tiff.ifd import TILE_BYTE_COUNTS, TILE_OFFSETS, TiffStructure
 
 _BLOCK = 4096
-_BUFFER = 8 << 20
 _CHUNK = 256 << 20
-"""Bytes copied per step (a failed frame check stops the copy between steps).
-
-The write-back is left to the kernel and the fsync: starting it per chunk (sync_file_range)
-was measured slower here (the copy then waits for the disk chunk by chunk: 17-22 s against
-11 s at 150,000 px, three pairs)."""
-# copy_file_range refuses across file systems on older kernels (EXDEV), is missing (ENOSYS), or
-# refuses a file system or file kind (EINVAL, EOPNOTSUPP, ETXTBSY, EPERM on some FUSE mounts).
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ETXTBSY, errno.EPERM}
-
-
-@dataclass(frozen=True)
-class Run:
-    """Bytes [start, stop) of a source file, copied as one range."""
-
-    path: str
-    start: int
-    stop: int
+"""Bytes copied per step (a failed frame check stops the copy between steps)."""
 
 
 @dataclass
@@ -62,61 +44,14 @@ class LevelSplice:
     """Tile written once for missing tiles (TILED_SPARSE holes)."""
 
     @property
+    def has_holes(self) -> bool:
+        """Whether some tile has no frame (the fill tile is then written once and shared)."""
+        return bool((self.tile_run < 0).any())
+
+    @property
     def max_bytes(self) -> int:
         """Upper bound of what splicing appends (runs, block alignment, fill)."""
         return sum(r.stop - r.start + _BLOCK for r in self.runs) + len(self.fill) + _BLOCK
-
-
-def _cut(path: str, offset: int) -> DecodeError:
-    return DecodeError(f"{path}: the file ended at byte {offset} while its frames were copied; the file is truncated.",
-                       "Send or copy the file again.")
-
-
-def copy_by_reads(src: int, dst: int, src_offset: int, count: int, dst_offset: int, path: str = "source") -> None:
-    """Copy with pread/pwrite through one 8 MiB buffer (the last fallback: any file system)."""
-    done = 0
-    while done < count:
-        data = os.pread(src, min(_BUFFER, count - done), src_offset + done)
-        if not data:
-            raise _cut(path, src_offset + done)
-        view, k = memoryview(data), 0
-        while k < len(data):
-            k += os.pwrite(dst, view[k:], dst_offset + done + k)
-        done += len(data)
-
-
-def copy_by_sendfile(src: int, dst: int, src_offset: int, count: int, dst_offset: int, path: str = "source") -> None:
-    """Copy with sendfile(2) (in the kernel, to a regular file since Linux 2.6.33); reads as a fallback."""
-    done = 0
-    try:
-        os.lseek(dst, dst_offset, os.SEEK_SET)
-        while done < count:
-            n = os.sendfile(dst, src, src_offset + done, count - done)
-            if n == 0:
-                raise _cut(path, src_offset + done)
-            done += n
-    except OSError as exc:
-        if exc.errno not in _NO_KERNEL_COPY:
-            raise
-        copy_by_reads(src, dst, src_offset + done, count - done, dst_offset + done, path)
-
-
-def copy_range(src: int, dst: int, src_offset: int, count: int, dst_offset: int, path: str = "source") -> None:
-    """Copy `count` bytes inside the kernel (copy_file_range, like cp), falling back where refused.
-
-    ENOSPC and other write errors propagate: the conversion reports them (converter.conversion.run).
-    """
-    done = 0
-    try:
-        while done < count:
-            n = os.copy_file_range(src, dst, count - done, src_offset + done, dst_offset + done)
-            if n == 0:
-                raise _cut(path, src_offset + done)
-            done += n
-    except (OSError, AttributeError) as exc:  # AttributeError: no os.copy_file_range on this platform
-        if isinstance(exc, OSError) and exc.errno not in _NO_KERNEL_COPY:
-            raise
-        copy_by_sendfile(src, dst, src_offset + done, count - done, dst_offset + done, path)
 
 
 class Cancelled(Exception):
@@ -139,14 +74,19 @@ def _append(dst: int, pos: int, splice: LevelSplice, sources: dict[str, int],
             n = min(_CHUNK, run.stop - lo)
             copy_range(src, dst, lo, n, pos, run.path)
             pos += n
-    missing = splice.tile_run < 0
     fill_at = 0
-    if missing.any():
+    if splice.has_holes:
         os.pwrite(dst, splice.fill, pos)
         fill_at, pos = pos, pos + len(splice.fill)
+    return (pos, *tile_places(splice, run_at, fill_at))
+
+
+def tile_places(splice: LevelSplice, run_at: np.ndarray, fill_at: int) -> tuple[np.ndarray, np.ndarray]:
+    """TileOffsets and TileByteCounts of a level whose runs start at `run_at` and whose fill tile is at `fill_at`."""
+    missing = splice.tile_run < 0
     offsets = np.where(missing, np.uint64(fill_at), run_at[np.maximum(splice.tile_run, 0)] + splice.tile_offset)
     counts = np.where(missing, np.uint64(len(splice.fill)), splice.counts)
-    return pos, offsets.astype(np.uint64), counts.astype(np.uint64)
+    return offsets.astype(np.uint64), counts.astype(np.uint64)
 
 
 Placed = dict[int, tuple[np.ndarray, np.ndarray]]

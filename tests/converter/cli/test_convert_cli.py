@@ -70,3 +70,52 @@ def test_a_conversion_child_killed_outright_leaves_no_scratch_files(tmp_path, mo
     monkeypatch.setattr(engine, "convert_series", dies)
     assert wsi_node(["convert", str(src), "-o", str(out)]) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def _cli(args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "scp.cli", "convert", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout)
+
+
+def test_the_copy_starts_with_the_command_and_leaves_nothing_behind(tmp_path):
+    """converter.tiff.copier.ForkedCopier: started before the headers are read, adopted, its file renamed."""
+    from converter.source.discover import discover
+    from tests.converter.conversion.test_spliced_copy import _tiles_equal_frames
+
+    write_series(SlideSpec(width=1500, height=1100), tmp_path / "in")
+    out = tmp_path / "out" / "slide.tiff"
+    r = _cli([tmp_path / "in", "-o", out, "--mode", "copy"])
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["source"]["copy_started"] == "with the command"
+    (_uid, instances), = discover([tmp_path / "in"]).series.items()
+    compared, _fills = _tiles_equal_frames(out, instances)
+    assert compared > 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["slide.json", "slide.tiff"]  # no .early, no .tmp
+
+
+def test_an_early_copy_the_plan_does_not_take_is_removed(tmp_path):
+    """200 px frames cannot be TIFF tiles (multiple of 16): the plan re-encodes, the early copy is dropped."""
+    write_series(SlideSpec(width=1500, height=1100, tile_size=200), tmp_path / "in")
+    out = tmp_path / "out" / "slide.tiff"
+    r = _cli([tmp_path / "in", "-o", out, "--mode", "auto"])
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert all(lv["action"] == "reencode" for lv in report["levels"])
+    assert "copy_started" not in report["source"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["slide.json", "slide.tiff"]
+
+
+def test_a_failed_conversion_removes_the_early_copy(tmp_path):
+    from converter.source.instance import read_instance
+
+    write_series(SlideSpec(width=1500, height=1100), tmp_path / "in")
+    level0 = next(p for p in sorted((tmp_path / "in").glob("*.dcm")) if read_instance(p).flavor == "VOLUME")
+    data = bytearray(level0.read_bytes())
+    data[-40:-8] = bytes(32)  # the last frame loses its end-of-image marker
+    level0.write_bytes(bytes(data))
+    out = tmp_path / "out" / "slide.tiff"
+    r = _cli([tmp_path / "in", "-o", out, "--mode", "copy"])
+    assert r.returncode == 1
+    assert "not a complete JPEG bitstream" in r.stderr
+    assert list(out.parent.iterdir()) == []

@@ -1,4 +1,4 @@
-"""Re-encoded tiles go once, straight into the temporary TIFF behind its structure (converter.conversion.convert)."""
+"""Re-encoded tiles go once, straight into the temporary TIFF, its structure behind them (converter.conversion.convert)."""
 
 from __future__ import annotations
 
@@ -27,22 +27,27 @@ def _tiles(path):
         return out, tif.is_bigtiff
 
 
-def test_reencoded_tiles_are_written_once_after_the_structure(tmp_path):
+def test_reencoded_tiles_are_written_once_before_the_structure(tmp_path):
     report, out = convert(tmp_path, SPEC, mode="reencode", tile_size=256)
     assert report.ok, report.error
     pages, bigtiff = _tiles(out)
     assert not bigtiff
-    tiles = pages[: len(report.levels)]
-    structure_end = min(start for _d, start, _n in tiles)
-    # Every level's tiles lie behind the whole structure, back to back, each once: the file is
-    # the structure plus the tiles and nothing else (no second copy of any tile).
-    assert out.stat().st_size == structure_end + sum(n for _d, _s, n in tiles)
-    assert [lv.bytes for lv in report.levels] == [n for _d, _s, n in tiles]
+    total = sum(n for _d, _s, n in pages[: len(report.levels)])
+    with tifffile.TiffFile(out) as tif:
+        spans = sorted((o, n) for page in tif.pages[: len(report.levels)] for o, n in zip(page.dataoffsets, page.databytecounts))
+        ifds = [page.offset for page in tif.pages]
+    # Every level's tiles lie back to back from byte 16 on, each once (no second copy of any tile),
+    # and the structure (every IFD) behind them (converter.tiff.relocate).
+    assert spans[0][0] == 16
+    assert all(a + n == b for (a, n), (b, _m) in zip(spans, spans[1:]))
+    assert spans[-1][0] + spans[-1][1] == 16 + total
+    assert min(ifds) >= 16 + total
+    assert [lv.bytes for lv in report.levels] == [n for _d, _s, n in pages[: len(report.levels)]]
     assert not list(out.parent.glob(".*"))  # no work folder, no spool left behind
     check_readers(out, SPEC, report, tolerance=6.0)
 
 
-def test_classic_tiff_overflowing_is_moved_behind_a_bigtiff_structure(tmp_path, monkeypatch):
+def test_classic_tiff_overflowing_gets_a_bigtiff_structure_and_the_tiles_stay(tmp_path, monkeypatch):
     classic, out = convert(tmp_path / "a", SPEC, mode="reencode", tile_size=256)
     assert classic.ok
     want, _ = _tiles(out)

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from converter.errors import DecodeError
-from converter.tiff.splice import copy_by_reads, copy_by_sendfile, copy_range
+from converter.tiff.copier import copy_by_reads, copy_by_sendfile, copy_range
 
 
 @pytest.fixture

@@ -1,0 +1,298 @@
+"""Byte ranges of source files copied by the kernel into one output file, at places fixed up front.
+
+Why: copy mode is bound by the disk, and the kernel copy of a 4 GB level 0 takes longer than
+everything else of a conversion together. Its destination offsets do not depend on the TIFF's
+structure when the structure is written last (behind the pixel data, converter.tiff.relocate),
+so the copy can start before the series is planned, while the plan, the frame checks and the
+structure run on the other core. Each range starts at the same place in a 4 KiB block as in its
+source (a file system that shares blocks, XFS or Btrfs reflinks, may then do so). The copy
+runs in one thread (os.copy_file_range releases the GIL; converter.tiff.splice.copy_range falls
+back to sendfile and reads); `cancel` stops it between 64 MiB steps (a frame check failed, or the
+plan does not want these bytes), and `join` re-raises its error (ENOSPC included) in the caller.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from converter.errors import DecodeError
+
+BLOCK = 4096
+HEADER = 16
+"""Bytes kept for the TIFF header at the front of the output: a BigTIFF header's size (a classic one uses 8)."""
+_STEP = 64 << 20
+_BUFFER = 8 << 20
+# copy_file_range refuses across file systems on older kernels (EXDEV), is missing (ENOSYS), or
+# refuses a file system or file kind (EINVAL, EOPNOTSUPP, ETXTBSY, EPERM on some FUSE mounts).
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ETXTBSY, errno.EPERM}
+
+
+@dataclass(frozen=True)
+class Run:
+    """Bytes [start, stop) of a source file, copied as one range."""
+
+    path: str
+    start: int
+    stop: int
+
+
+def _cut(path: str, offset: int) -> DecodeError:
+    return DecodeError(f"{path}: the file ended at byte {offset} while its frames were copied; the file is truncated.",
+                       "Send or copy the file again.")
+
+
+def copy_by_reads(src: int, dst: int, src_offset: int, count: int, dst_offset: int, path: str = "source") -> None:
+    """Copy with pread/pwrite through one 8 MiB buffer (the last fallback: any file system)."""
+    done = 0
+    while done < count:
+        data = os.pread(src, min(_BUFFER, count - done), src_offset + done)
+        if not data:
+            raise _cut(path, src_offset + done)
+        view, k = memoryview(data), 0
+        while k < len(data):
+            k += os.pwrite(dst, view[k:], dst_offset + done + k)
+        done += len(data)
+
+
+def copy_by_sendfile(src: int, dst: int, src_offset: int, count: int, dst_offset: int, path: str = "source") -> None:
+    """Copy with sendfile(2) (in the kernel, to a regular file since Linux 2.6.33); reads as a fallback."""
+    done = 0
+    try:
+        os.lseek(dst, dst_offset, os.SEEK_SET)
+        while done < count:
+            n = os.sendfile(dst, src, src_offset + done, count - done)
+            if n == 0:
+                raise _cut(path, src_offset + done)
+            done += n
+    except OSError as exc:
+        if exc.errno not in _NO_KERNEL_COPY:
+            raise
+        copy_by_reads(src, dst, src_offset + done, count - done, dst_offset + done, path)
+
+
+def copy_range(src: int, dst: int, src_offset: int, count: int, dst_offset: int, path: str = "source") -> None:
+    """Copy `count` bytes inside the kernel (copy_file_range, like cp), falling back where refused.
+
+    ENOSPC and other write errors propagate: the conversion reports them (converter.conversion.run).
+    """
+    done = 0
+    try:
+        while done < count:
+            n = os.copy_file_range(src, dst, count - done, src_offset + done, dst_offset + done)
+            if n == 0:
+                raise _cut(path, src_offset + done)
+            done += n
+    except (OSError, AttributeError) as exc:  # AttributeError: no os.copy_file_range on this platform
+        if isinstance(exc, OSError) and exc.errno not in _NO_KERNEL_COPY:
+            raise
+        copy_by_sendfile(src, dst, src_offset + done, count - done, dst_offset + done, path)
+
+
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A copied range and where it lies in the output."""
+
+    run: Run
+    at: int
+
+
+def plan_places(runs: list[Run], start: int) -> tuple[list[Placed], int]:
+    """Destination of every run, from `start` on, each at its source's place in a 4 KiB block; and the end."""
+    placed, pos = [], start
+    for run in runs:
+        pos += (run.start - pos) % BLOCK
+        placed.append(Placed(run, pos))
+        pos += run.stop - run.start
+    return placed, pos
+
+
+def copy_places(places: list[Placed], dst: int, stopped=lambda: False) -> None:
+    """Copy every place's range into `dst` in 64 MiB steps; `stopped()` is asked before each step."""
+    sources: dict[str, int] = {}
+    try:
+        for p in places:
+            src = sources.get(p.run.path)
+            if src is None:
+                src = sources[p.run.path] = os.open(p.run.path, os.O_RDONLY)
+            for lo in range(p.run.start, p.run.stop, _STEP):
+                if stopped():
+                    return
+                copy_range(src, dst, lo, min(_STEP, p.run.stop - lo), p.at + lo - p.run.start, p.run.path)
+    finally:
+        for fd in sources.values():
+            os.close(fd)
+
+
+class _Places:
+    """What both copiers share: the planned places, lookups, and the zeroing of unused tails."""
+
+    path: Path
+    places: list[Placed]
+    end: int
+    _clear: dict[int, int]
+
+    def where(self, run: Run) -> int | None:
+        """Output offset of `run`'s first byte when it lies inside a copied range of the same file, else None."""
+        for p in self.places:
+            if p.run.path == run.path and p.run.start <= run.start and run.stop <= p.run.stop:
+                return p.at + run.start - p.run.start
+        return None
+
+    def clear_after(self, stops: dict[int, int]) -> None:
+        """After the copy, zero what range `k` held past source byte `stops[k]` (bytes no tile refers to)."""
+        self._clear = stops
+
+    def _zero_tails(self, dst: int) -> None:
+        for k, stop in self._clear.items():
+            p = self.places[k]
+            if stop < p.run.stop:
+                zeros, at, done = bytes(p.run.stop - stop), p.at + stop - p.run.start, 0
+                while done < len(zeros):
+                    done += os.pwrite(dst, memoryview(zeros)[done:], at + done)
+
+    def claim(self, tmp: Path) -> None:
+        """Make the copy's file the conversion's temporary file `tmp` (a rename; the copy may still run)."""
+        if self.path != tmp:
+            os.replace(self.path, tmp)
+            self.path = tmp
+
+
+class Copier(_Places):
+    """The kernel copy of `runs` into `path` (created or truncated), from byte `start` on, in a thread."""
+
+    def __init__(self, path: Path, runs: list[Run], start: int) -> None:
+        self.path = path
+        self.places, self.end = plan_places(runs, start)
+        self._clear = {}
+        self._cancel = threading.Event()
+        self._error: BaseException | None = None
+        self._dst = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._thread = threading.Thread(target=self._run, name="wsi-node-copy", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            copy_places(self.places, self._dst, self._cancel.is_set)
+        except BaseException as exc:  # handed to join()
+            self._error = exc
+
+    def cancel(self) -> None:
+        """Stop at the next step and wait; the bytes copied so far stay in the file (the caller removes it)."""
+        self._cancel.set()
+        self._thread.join()
+        self._close()
+
+    def join(self) -> None:
+        """Wait for every range; raise the copy's error, if any; then zero what clear_after names."""
+        self._thread.join()
+        try:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            self._zero_tails(self._dst)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._dst >= 0:
+            os.close(self._dst)
+            self._dst = -1
+
+
+class ForkedCopier(_Places):
+    """The same copy in a process forked at once, for `wsi-node convert` before it imports anything heavy.
+
+    Why a process: the command line reads every header (pydicom, ~0.2 s to import) and imports the
+    conversion engine (~0.1 s) before it forks the conversion (converter.executors.local.run_in_fork,
+    which needs a process with one thread, so no copy thread may run in it then); at 150,000 px that
+    half second was a sixth of the whole copy. This copy starts right after the arguments are read,
+    into a hidden file of the command's beside the output; the conversion adopts it by renaming the
+    file to its own temporary name (`claim`), waits for it through a pipe (`join`: its error, ENOSPC
+    included, is raised there), or kills it (`cancel`). Only the process that forked it reaps it
+    (`dispose`, which also removes the file when no conversion claimed it).
+    """
+
+    def __init__(self, path: Path, runs: list[Run], start: int) -> None:
+        self.path = path
+        self.places, self.end = plan_places(runs, start)
+        self._clear = {}
+        self._status: bytes | None = None
+        self._owner = os.getpid()
+        self._early = path
+        self._disposed = False
+        read, write = os.pipe()
+        dst = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        pid = os.fork()
+        if pid == 0:  # the copier: stdlib calls only, then out without the parent's exit handlers
+            os.close(read)
+            status = b"ok"
+            try:
+                copy_places(self.places, dst)
+            except OSError as exc:
+                status = f"errno {exc.errno} {exc}".encode()
+            except BaseException as exc:  # noqa: BLE001 - reported to whoever joins
+                status = f"error {type(exc).__name__}: {exc}".encode()
+            finally:
+                os.write(write, status)
+                os._exit(0)
+        os.close(write)
+        os.close(dst)
+        self.pid, self._read = pid, read
+
+    def _wait(self) -> bytes:
+        if self._status is None:
+            chunks = []
+            while chunk := os.read(self._read, 4096):
+                chunks.append(chunk)
+            os.close(self._read)
+            self._status = b"".join(chunks) or b"error the copying process died"
+        return self._status
+
+    def cancel(self) -> None:
+        """Kill the copy and wait until it is gone; the file stays (the caller or `dispose` removes it)."""
+        if self._status is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._wait()
+            self._status = b"error cancelled"
+
+    def join(self) -> None:
+        """Wait for the copy; raise its error, if any; then zero what clear_after names."""
+        status = self._wait().decode(errors="replace")
+        if status.startswith("errno "):
+            _tag, number, message = status.split(" ", 2)
+            raise OSError(int(number), message)
+        if status != "ok":
+            raise RuntimeError(f"the early copy into {self.path} failed: {status[6:]}")
+        dst = os.open(self.path, os.O_RDWR)
+        try:
+            self._zero_tails(dst)
+        finally:
+            os.close(dst)
+
+    def dispose(self) -> None:
+        """In the forking process, at the end: stop and reap the copier, remove its file unless claimed."""
+        if os.getpid() != self._owner or self._disposed:
+            return
+        self._disposed = True
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        if self._status is None:
+            os.close(self._read)
+            self._status = b"error disposed"
+        Path(self._early).unlink(missing_ok=True)  # gone already when a conversion claimed (renamed) it

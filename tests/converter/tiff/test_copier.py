@@ -1,0 +1,87 @@
+"""converter.tiff.copier: both copiers place every range at its planned offset (same place in a 4 KiB
+block as in the source), zero unused tails, hand their errors to join, and the forked one is reaped
+and its file removed unless a conversion claimed it."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+import pytest
+
+from converter.tiff.copier import BLOCK, Copier, ForkedCopier, Run, plan_places
+
+
+def _sources(tmp_path):
+    rng = np.random.default_rng(5)
+    paths = []
+    for name, size in (("a.bin", 300_001), ("b.bin", 70_000)):
+        p = tmp_path / name
+        p.write_bytes(rng.integers(0, 255, size, np.uint8).tobytes())
+        paths.append(p)
+    return [Run(str(paths[0]), 1234, 300_001), Run(str(paths[1]), 10, 69_000), Run(str(paths[0]), 5, 900)]
+
+
+def test_places_keep_the_source_block_position():
+    places, end = plan_places([Run("x", 1234, 5000), Run("y", 10, 20)], 16)
+    assert [p.at % BLOCK for p in places] == [1234, 10]
+    assert places[1].at >= places[0].at + 5000 - 1234 and end == places[1].at + 10
+
+
+@pytest.mark.parametrize("kind", [Copier, ForkedCopier])
+def test_every_range_lands_where_planned_and_tails_are_zeroed(tmp_path, kind):
+    runs = _sources(tmp_path)
+    out = tmp_path / "out.bin"
+    copier = kind(out, runs, 16)
+    copier.clear_after({0: 200_000})
+    copier.join()
+    data = out.read_bytes()
+    for k, (run, place) in enumerate(zip(runs, copier.places)):
+        src = open(run.path, "rb").read()[run.start : run.stop]
+        got = data[place.at : place.at + run.stop - run.start]
+        if k == 0:
+            cut = 200_000 - run.start
+            assert got[:cut] == src[:cut] and got[cut:] == bytes(len(src) - cut)
+        else:
+            assert got == src
+        assert copier.where(Run(run.path, run.start + 3, run.stop)) == place.at + 3
+    assert copier.where(Run(runs[1].path, 0, 5)) is None
+    if kind is ForkedCopier:
+        copier.dispose()
+        assert not out.exists()  # nobody claimed it
+
+
+@pytest.mark.parametrize("kind", [Copier, ForkedCopier])
+def test_a_copy_error_is_raised_by_join(tmp_path, kind):
+    copier = kind(tmp_path / "out.bin", [Run(str(tmp_path / "gone.bin"), 0, 10)], 16)
+    with pytest.raises(OSError) as caught:
+        copier.join()
+    assert caught.value.errno == errno.ENOENT
+    if kind is ForkedCopier:
+        copier.dispose()
+
+
+def test_forked_copy_claimed_is_kept_and_the_copier_reaped(tmp_path):
+    runs = _sources(tmp_path)
+    copier = ForkedCopier(tmp_path / ".x.early", runs, 16)
+    copier.claim(tmp_path / "x.tmp")
+    copier.join()
+    pid = copier.pid
+    copier.dispose()
+    assert (tmp_path / "x.tmp").stat().st_size == copier.end and not (tmp_path / ".x.early").exists()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, 0)  # already reaped
+    copier.dispose()  # twice is harmless
+
+
+def test_forked_copy_cancelled_ends_and_join_says_so(tmp_path):
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as fp:
+        fp.truncate(2 << 30)  # sparse: the copy takes a while, the disk nothing
+    copier = ForkedCopier(tmp_path / ".x.early", [Run(str(big), 0, 2 << 30)], 16)
+    copier.cancel()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        copier.join()
+    copier.dispose()
+    assert not (tmp_path / ".x.early").exists()
