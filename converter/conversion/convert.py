@@ -198,7 +198,10 @@ def _convert(
     given: ForkedCopier | None = None,
 ) -> None:
     t = time.monotonic()
+    work.mkdir(parents=True, exist_ok=True)  # (and the output's folder, where the copy starts now)
     early = given or start_early_copy(instances, tmp, options)  # the disk starts while the series is planned
+    if given is not None:  # the command line's copy began before this conversion did: part of its time
+        report.timings["copy_started_before"] = round(t - given.started, 3)
     try:
         _convert_series(instances, options, report, work, tmp, output, early, t)
     finally:

@@ -17,6 +17,7 @@ import errno
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,6 +226,8 @@ class ForkedCopier(_Places):
         self._clear = {}
         self._status: bytes | None = None
         self._owner = os.getpid()
+        self.started = time.monotonic()
+        """When the copy began (CLOCK_MONOTONIC is one clock for every process on Linux)."""
         self._early = path
         self._disposed = False
         read, write = os.pipe()
