@@ -115,3 +115,11 @@ def test_an_unused_early_range_is_never_adopted(tmp_path):
     runs = [p.run for p in early.places]
     assert early_copy.adopt(early, runs[:-1]) is None  # the last level's bytes would sit unreferenced
     assert not early._thread.is_alive()
+
+
+def test_a_missing_output_folder_is_made_before_the_copy_starts(tmp_path):
+    src = _series(tmp_path)
+    report, instances = _convert(src, tmp_path / "new" / "deeper" / "out.tiff")
+    assert report.ok, report.error
+    assert report.source["copy_started"] == "before the plan"
+    _tiles_equal_frames(tmp_path / "new" / "deeper" / "out.tiff", instances)
