@@ -193,11 +193,12 @@ def scp_process(cmd: list[str], log: Path, ready: Callable[[], bool], what: str,
 
 
 @contextmanager
-def node_process(data: Path, log: Path, port: int, *options: str, env: dict[str, str] | None = None) -> Iterator[Scp]:
-    """`wsi-node serve` of this interpreter's bin folder on 127.0.0.1:`port` with `data`, settle 2 s, plus `options`;
-    ready once it logs "wsi-node ready"."""
+def node_process(data: Path, log: Path, port: int, *options: str, env: dict[str, str] | None = None,
+                 settle: float = 2.0) -> Iterator[Scp]:
+    """`wsi-node serve` of this interpreter's bin folder on 127.0.0.1:`port` with `data`, settle `settle` s (2), plus
+    `options`; ready once it logs "wsi-node ready"."""
     wsi = str(Path(sys.executable).parent / "wsi-node")
-    cmd = [wsi, "serve", "--bind", "127.0.0.1", "--port", str(port), *options, "--data", str(data), "--settle", "2"]
+    cmd = [wsi, "serve", "--bind", "127.0.0.1", "--port", str(port), *options, "--data", str(data), "--settle", f"{settle:g}"]
     with scp_process(cmd, log, lambda: "wsi-node ready" in log.read_text(), "wsi-node start", env=env) as scp:
         yield scp
 
