@@ -36,6 +36,8 @@ class ConversionOptions:
     """Tiles compared with the source per level."""
     max_mad: float = 3.0
     """Largest mean absolute difference per channel allowed for re-encoded tiles."""
+    yield_to: str = ""
+    """A receivers' mark (converter.inbox.receiving): while it is fresh the kernel copy keeps to a low rate. The node sets it."""
 
     def __post_init__(self) -> None:
         validate_conversion(self)

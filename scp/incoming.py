@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from converter.inbox.receiving import ReceivingMark
 from scp.write_behind import WriteBehind
 
 log = logging.getLogger("wsi_node.incoming")
@@ -46,6 +47,8 @@ class SpaceRules:
     """Free space that must remain on the inbox's file system (--disk-reserve-mb)."""
     max_instance_bytes: int = 0
     """Largest instance (DIMSE data set or STOW-RS part) accepted; 0: no cap (--max-instance-mb)."""
+    mark: Path | None = None
+    """The receivers' mark (converter.inbox.receiving), touched while bytes arrive, so that conversions yield the disk."""
 
     def free_bytes(self) -> int:
         return free_bytes(self.folder)
@@ -102,6 +105,7 @@ class IncomingFile:
         self.path = Path(name)
         st = os.fstat(fd)
         self._fd, self._ident = fd, (st.st_dev, st.st_ino)
+        self._mark = ReceivingMark(rules.mark) if rules.mark is not None else None
         if registry is not None:
             registry.add(owner, self)
         self._check_room(0, at_open=True)
@@ -118,6 +122,8 @@ class IncomingFile:
     # --- writing ---------------------------------------------------------------------------------
     def write(self, data) -> int:
         n = len(data)
+        if self._mark is not None:
+            self._mark.touch()
         if self.refusal:
             self.written += n
             return n

@@ -23,11 +23,11 @@ the descriptor, so no write can reach a closed (or reused) file descriptor.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import threading
 from collections import deque
+
+from converter.durable import start_writeback
 
 MAX_PENDING = 16 << 20
 """Bytes queued and not yet written, at most (the receiver waits beyond it): the RSS a large instance may add."""
@@ -37,39 +37,6 @@ IOV_BATCH = 512
 """Buffers per os.writev call, at most (below IOV_MAX, 1024 on Linux)."""
 BATCH_BYTES = 4 << 20
 """Bytes per os.writev call, at most: what is queued meanwhile waits less than a whole queue's write."""
-
-_SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE, _SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
-
-
-def _load_sync_file_range():
-    """libc's sync_file_range (Linux), or None: the fallback is fdatasync."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
-
-
-def start_writeback(fd: int, offset: int, length: int, wait: bool = False) -> None:
-    """Start writing [offset, offset+length) of `fd` to disk; with `wait`, also wait until it is written.
-
-    Raises OSError as a write would (EIO, ENOSPC on some file systems).
-    """
-    if _sync_file_range is None:
-        if not wait:  # one fdatasync per range: it waits anyway
-            os.fdatasync(fd)
-        return
-    flags = _SYNC_FILE_RANGE_WRITE | (_SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WAIT_AFTER if wait else 0)
-    if _sync_file_range(fd, offset, length, flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
 
 class WriteBehind:
     """One writer thread for one open file descriptor, fed by one producer thread."""

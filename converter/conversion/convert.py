@@ -34,7 +34,7 @@ from converter.tiff.pyramid import TileAppender, TileSpool, downsample2
 from converter.tiff.copier import HEADER, Copier, ForkedCopier
 from converter.tiff.relocate import move_structure
 from converter.tiff.splice import point_tiles, tile_places
-from converter.conversion.early_copy import adopt, start_early_copy
+from converter.conversion.early_copy import adopt, pace_of, start_early_copy
 from converter.conversion.copy_frames import CopyMismatch as _CopyMismatch, PlannedCopy, check_frame, plan_copy
 from converter.conversion.encode import encode_chains
 from converter.conversion.report import ConversionReport, LevelReport
@@ -343,7 +343,7 @@ def _attempt_convert(series, readers, blockers, output, options, report, work, t
     # The pixel data first, from byte 16 on (the copied frames, then every re-encoded tile as it is made),
     # the structure last, behind it (converter.tiff.relocate): the copy then needs nothing of the structure.
     runs = [run for c in copies.values() for run in c.splice.runs]
-    copier = adopt(early, runs) or Copier(tmp, runs, HEADER)
+    copier = adopt(early, runs) or Copier(tmp, runs, HEADER, pace_of(options))
     copier.claim(tmp)  # an early copy of the command line's is in a file of its own until now
     if runs:
         report.source["copy_started"] = ("with the command" if isinstance(copier, ForkedCopier)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from config.settings import ConversionOptions
+from converter.inbox.receiving import Pace
 from converter.source.pixel_probe import JPEG_BASELINE, iter_files, jpeg_volume_pixels
 from converter.tiff.copier import HEADER, Copier, ForkedCopier, Run
 
@@ -56,7 +57,12 @@ def likely_copied(instances: list["WsiInstance"], options: ConversionOptions) ->
 def start_early_copy(instances: list["WsiInstance"], tmp: Path, options: ConversionOptions) -> Copier | None:
     """Start copying what the plan will most likely copy into `tmp` (None: nothing to copy early)."""
     runs = likely_copied(instances, options)
-    return Copier(tmp, runs, HEADER) if runs else None
+    return Copier(tmp, runs, HEADER, pace_of(options)) if runs else None
+
+
+def pace_of(options: ConversionOptions) -> Pace | None:
+    """The receivers-first pace of a node's conversion (None: copy at full speed, as the command line does)."""
+    return Pace(options.yield_to) if options.yield_to else None
 
 
 def start_forked_early_copy(inputs: Iterable[str | Path], output: Path, options: ConversionOptions) -> ForkedCopier | None:

@@ -44,6 +44,7 @@ from converter.inbox.outputs import sidecar_matches, sop_fingerprint, target_for
 from converter.inbox.resends import resent_copies
 from converter.inbox.results import Job, Results, series_instances
 from converter.inbox.retries import Retries
+from converter.inbox.receiving import mark_path
 from converter.inbox.passthrough import check_passthrough, move_passthrough, passthrough_suffix
 from converter.inbox.scan import classify, scan_inbox, walk_inbox
 from converter.conversion.plain_tiff import convert_plain_tiff
@@ -95,7 +96,8 @@ class InboxPipeline:
         self.on_job_finished: Callable[[str, object, float], None] | None = None
         """Called on the collecting thread with (job kind, result or exception, seconds since submission), for metrics."""
         self.clock = clock
-        self.options = settings.conversion_options()
+        # Conversions yield to the receivers writing into this inbox (converter.inbox.receiving).
+        self.options = replace(settings.conversion_options(), yield_to=str(mark_path(Path(settings.inbox))))
         readonly = settings.dry_run
         self.store = StateStore(Path(settings.state_dir) / "wsi-node.sqlite", readonly=readonly)
         self.jobs: dict[str, Job] = {}

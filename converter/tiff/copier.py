@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from converter.durable import start_writeback
 from converter.errors import DecodeError
 
 BLOCK = 4096
@@ -114,8 +115,13 @@ def plan_places(runs: list[Run], start: int) -> tuple[list[Placed], int]:
     return placed, pos
 
 
-def copy_places(places: list[Placed], dst: int, stopped=lambda: False) -> None:
-    """Copy every place's range into `dst` in 64 MiB steps; `stopped()` is asked before each step."""
+def copy_places(places: list[Placed], dst: int, stopped=lambda: False, pace=None) -> None:
+    """Copy every place's range into `dst` in 64 MiB steps; `stopped()` is asked before each step.
+
+    `pace(n)` (converter.inbox.receiving.Pace), when given, is called before each step and sleeps
+    while receivers write; a step it paced has its write-back started at once, so the bytes go to
+    disk at the paced rate instead of as one burst at the final fsync.
+    """
     sources: dict[str, int] = {}
     try:
         for p in places:
@@ -125,7 +131,11 @@ def copy_places(places: list[Placed], dst: int, stopped=lambda: False) -> None:
             for lo in range(p.run.start, p.run.stop, _STEP):
                 if stopped():
                     return
-                copy_range(src, dst, lo, min(_STEP, p.run.stop - lo), p.at + lo - p.run.start, p.run.path)
+                n, at = min(_STEP, p.run.stop - lo), p.at + lo - p.run.start
+                paced = pace is not None and pace(n)
+                copy_range(src, dst, lo, n, at, p.run.path)
+                if paced:
+                    start_writeback(dst, at, n)
     finally:
         for fd in sources.values():
             os.close(fd)
@@ -168,9 +178,10 @@ class _Places:
 class Copier(_Places):
     """The kernel copy of `runs` into `path` (created or truncated), from byte `start` on, in a thread."""
 
-    def __init__(self, path: Path, runs: list[Run], start: int) -> None:
+    def __init__(self, path: Path, runs: list[Run], start: int, pace=None) -> None:
         self.path = path
         self.places, self.end = plan_places(runs, start)
+        self._pace = pace
         self._clear = {}
         self._cancel = threading.Event()
         self._error: BaseException | None = None
@@ -180,7 +191,7 @@ class Copier(_Places):
 
     def _run(self) -> None:
         try:
-            copy_places(self.places, self._dst, self._cancel.is_set)
+            copy_places(self.places, self._dst, self._cancel.is_set, self._pace)
         except BaseException as exc:  # handed to join()
             self._error = exc
 
