@@ -49,6 +49,9 @@ so pages primed before a 4 GB push are gone again by the time serve converts, ~1
 the CLI converts right after its priming; writing into such memory costs ~2.6 s of kernel time per
 GB. With the flag, serve's output is primed once the push has ended, during a 10 s settle
 (reported as the default 2 s), so both conversions write into memory in the same state.
+--same-age: the same cause, measured instead of removed: the CLI runs again as long after its
+priming as serve's conversion began after serve's, and the busy run's second sender pushes again
+to an idle node as long after its priming as in the busy run; the extra lines give those ratios.
 """
 
 from __future__ import annotations
@@ -304,11 +307,13 @@ PRIME_SETTLE = 10.0
 """--settle of serve with --prime-after-receive: the output's priming (2-5 s for 4 GB) ends before the conversion starts."""
 
 
-def run_serve(work: Path, src: Path, m: dict, timeout: float = 900, prime_after: bool = False) -> dict:
+def run_serve(work: Path, src: Path, m: dict, timeout: float = 900, prime_after: bool = False, age: float = 0.0) -> dict:
+    """One push to a fresh node and its conversion; `age`: seconds from the priming to the push (--same-age)."""
     data, log = fresh(work, "node")
     # The receive writes N bytes into the inbox, the conversion its output. With prime_after, the output's share
     # is primed once the push has ended (see --prime-after-receive), not before the receive.
     primed = prime(m["bytes"] + (0 if prime_after else output_bytes(m)), work)
+    primed_at, primed_wall = time.monotonic(), time.time()
     port = free_port()
     settle = PRIME_SETTLE if prime_after else 2.0
     try:
@@ -318,6 +323,7 @@ def run_serve(work: Path, src: Path, m: dict, timeout: float = 900, prime_after:
             watch.sample()
             before = watch.threads_total()
             watch.start()
+            time.sleep(max(0.0, age - (time.monotonic() - primed_at)))
             t0 = time.time()
             wall = push(src, port, NODE_AE)
             done_wall, done = time.time(), time.monotonic()
@@ -337,7 +343,8 @@ def run_serve(work: Path, src: Path, m: dict, timeout: float = 900, prime_after:
             print(f"  warning: the output's priming ended {primed_by - times['converting']:.2f} s after the conversion began",
                   file=sys.stderr)
         return {"receive": wall, "mbps": m["bytes"] / 1e6 / wall, "latency": latency - extra, "conversion": conversion,
-                "start_after_receive": times["converting"] - done_wall - extra, "primed_after_mb": primed_after / 1e6, "node_span": times["published"] - times["converting"],
+                "start_after_receive": times["converting"] - done_wall - extra, "primed_after_mb": primed_after / 1e6,
+                "age_at_conversion": times["converting"] - (primed_by if prime_after else primed_wall), "node_span": times["published"] - times["converting"],
                 "end_to_end": done_wall - t0 + latency - extra, "cpu": cpu, "cpu_wait": cpu_wait, "cpu_leader": cpu_leader,
                 "written_mb": written / 1e6, "primed_mb": primed / 1e6,
                 "node_cpu": after[0] - before[0], "node_wait": after[1] - before[1], "rss_main": scp.poller.main_kb / 1024,
@@ -346,13 +353,15 @@ def run_serve(work: Path, src: Path, m: dict, timeout: float = 900, prime_after:
         cleanup(data, log)
 
 
-def run_cli(work: Path, src: Path, m: dict) -> dict:
+def run_cli(work: Path, src: Path, m: dict, age: float = 0.0) -> dict:
+    """`wsi-node convert` of the input; `age`: seconds from the priming to the command (--same-age)."""
     out = work / "cli-out"
     cleanup(out)
     out.mkdir()
     primed = prime(output_bytes(m), work)  # the CLI writes only the conversion's output
     target = out / "slide.tiff"
     os.sync()
+    time.sleep(age)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.monotonic()
     proc = subprocess.Popen([WSI_NODE, "convert", "--mode", "auto", "-o", str(target), str(src)],
@@ -387,6 +396,7 @@ def run_busy(work: Path, big: Path, mb: dict, other: Path, mo: dict, timeout: fl
     data, log = fresh(work, "node-busy")
     # BIG's receive and conversion, then OTHER's (pushed and converted while BIG is still converting)
     prime(mb["bytes"] + output_bytes(mb) + mo["bytes"] + output_bytes(mo), work)
+    primed_at = time.monotonic()
     port = free_port()
     try:
         with node_process(data, log, port, "--quiet-period", "60", "--log-format", "json", env=node_env()) as scp:
@@ -396,6 +406,7 @@ def run_busy(work: Path, big: Path, mb: dict, other: Path, mo: dict, timeout: fl
             watch.sample()
             before = watch.threads_total()
             watch.start()
+            age = time.monotonic() - primed_at
             wall = push(other, port, NODE_AE)
             watch.finish()
             after = watch.threads_total()
@@ -403,6 +414,7 @@ def run_busy(work: Path, big: Path, mb: dict, other: Path, mo: dict, timeout: fl
             _, conversion = wait_published(data, mb["uid"], time.monotonic(), timeout, scp.proc, log)
             wait_published(data, mo["uid"], time.monotonic(), timeout, scp.proc, log)
         return {"busy_receive": wall, "busy_mbps": mo["bytes"] / 1e6 / wall, "busy_during": still, "busy_conversion": conversion,
+                "busy_age": age,
                 "busy_node_cpu": after[0] - before[0], "busy_node_wait": after[1] - before[1]}
     finally:
         cleanup(data, log)
@@ -416,6 +428,9 @@ def main() -> int:
     ap.add_argument("--busy", default="150000:60000", help="BIG:OTHER widths of the busy run ('' to skip)")
     ap.add_argument("--work", default="/tmp/bench-e2e")
     ap.add_argument("--keep-inputs", action="store_true")
+    ap.add_argument("--same-age", action="store_true",
+                    help="also run the CLI, and the busy run's second sender to an idle node, as long after their priming as "
+                         "serve's conversion and the busy push came after theirs (this VM's memory reclamation, see above)")
     ap.add_argument("--prime-after-receive", action="store_true",
                     help="serve: prime the conversion's output bytes after the push, not before it (settle 10 s, reported as 2)")
     args = ap.parse_args()
@@ -438,6 +453,9 @@ def main() -> int:
                 for step in steps:
                     r.update(run_serve(work, inputs[w], meta[w], prime_after=args.prime_after_receive) if step == "serve"
                              else run_cli(work, inputs[w], meta[w]))
+                if args.same_age:
+                    aged = run_cli(work, inputs[w], meta[w], age=r["age_at_conversion"])
+                    r["cli_aged_conversion"] = aged["cli_conversion"]
                 runs[w].append(r)
                 print(f"rep {rep + 1} {w}: receive {r['receive']:.2f} s ({r['mbps']:.0f} MB/s), serve conversion "
                       f"{r['conversion']:.2f} s, cli {r['cli_conversion']:.2f} s (wall {r['cli_wall']:.2f}), publish latency "
@@ -445,6 +463,8 @@ def main() -> int:
                       f"{r['rss_main']:.0f}/{r['rss_tree']:.0f} MB", file=sys.stderr)
             if busy:
                 b = run_busy(work, inputs[busy[0]], meta[busy[0]], inputs[busy[1]], meta[busy[1]])
+                if args.same_age:
+                    b["idle_aged_mbps"] = run_serve(work, inputs[busy[1]], meta[busy[1]], age=b["busy_age"])["mbps"]
                 runs[busy[0]][-1].update(b)
                 print(f"rep {rep + 1} busy: {busy[1]} received in {b['busy_receive']:.2f} s ({b['busy_mbps']:.0f} MB/s) while "
                       f"{busy[0]} converted (still converting at the end: {b['busy_during']}); {busy[0]}'s conversion "
@@ -492,6 +512,18 @@ def main() -> int:
               f"= {statistics.median(conv):.2f} x its idle time; the node's threads waited for a CPU "
               f"{med(rs_big, 'busy_node_wait'):.2f} s during that push (CPU {med(rs_big, 'busy_node_cpu'):.2f} s) vs "
               f"{med(rs_other, 'node_wait'):.2f} s (CPU {med(rs_other, 'node_cpu'):.2f} s) to an idle node")
+    if args.same_age:
+        for w, rs in runs.items():
+            aged = [r["conversion"] / r["cli_aged_conversion"] for r in rs]
+            print(f"- {w}, same memory age: serve / cli conversion = {statistics.median(aged):.2f} (per repetition: "
+                  f"{', '.join(f'{x:.2f}' for x in aged)}; cli {fmt(med(rs, 'cli_aged_conversion'))} s, started "
+                  f"{fmt(med(rs, 'age_at_conversion'))} s after its priming as serve's conversion was)")
+        if busy:
+            rs_big = runs[busy[0]]
+            per = [b["busy_mbps"] / b["idle_aged_mbps"] for b in rs_big]
+            print(f"- {busy[1]} received while {busy[0]} converts / to an idle node pushed as long after its priming "
+                  f"({fmt(med(rs_big, 'busy_age'))} s): throughput {statistics.median(per):.2f} (per repetition: "
+                  f"{', '.join(f'{x:.2f}' for x in per)}; {med(rs_big, 'busy_mbps'):.0f} vs {med(rs_big, 'idle_aged_mbps'):.0f} MB/s)")
     print(f"\n(total {total:.0f} s for {args.reps} repetitions; load average at the end {os.getloadavg()[0]:.1f})")
     return 0
 
