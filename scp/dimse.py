@@ -28,7 +28,6 @@ from pydicom.dataset import Dataset
 from pynetdicom import _config, evt
 from pynetdicom.sop_class import Verification
 
-from converter.inbox.receiving import mark_path
 from scp.commitment import STORAGE_COMMITMENT_PUSH
 from scp.commitment.handler import handle_n_action
 from scp.commitment.service import CommitmentService, CommitmentSettings
@@ -122,7 +121,7 @@ class DimseReceiver:
         # space-guarded file in inbox/.incoming (same filesystem: the final placement is a rename;
         # the scanner ignores the folder), registered per association so any end removes it.
         self.incoming = IncomingFiles(SpaceRules(store.incoming, store.reserve_bytes, settings.max_instance_bytes,
-                                                  mark_path(store.inbox)))
+                                                  store.mark))
         _config.STORE_RECV_CHUNKED_DATASET = True
         install(lambda assoc: self.incoming.open(assoc, prefix="dimse-"))
 

@@ -37,6 +37,7 @@ from config.errors import ConfigError
 from converter.inbox.completeness.profiles import SenderProfile
 from converter.inbox.pipeline import InboxPipeline
 from converter.inbox.tracker import Tracker
+from converter.inbox.receiving import mark_path
 from scp.commitment.locate import NodeLocator
 from scp.commitment.sender import Timeouts
 from converter.source.validate import DEFAULT_LIMITS, Limits
@@ -80,7 +81,7 @@ class Node:
         self.stop_event = threading.Event()
         self.store = InstanceStore(Path(p.inbox), Path(p.archive), Path(p.quarantine),
                                    reserve_bytes=settings.disk_reserve_mb << 20, keep_other=settings.dimse.accept_other_storage,
-                                   limits=settings.limits)
+                                   limits=settings.limits, mark=mark_path(Path(p.state_dir)))
         self.tracker = Tracker(Path(p.state_dir) / "wsi-node.sqlite", settings.settle, settings.quiet, settings.profiles)
         # local processes, or a Dask cluster (--executor dask: connects and checks the shared paths now, docs/scale-out.md);
         # local conversions run below the receivers' CPU priority (BACKGROUND_NICE: a sender must not wait for a conversion)

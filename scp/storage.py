@@ -70,8 +70,10 @@ class StoreResult:
 
 class InstanceStore:
     def __init__(self, inbox: Path, archive: Path, quarantine: Path, reserve_bytes: int = 1 << 30, keep_other: bool = False,
-                 limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS, mark: Path | None = None) -> None:
         self.inbox = Path(inbox)
+        self.mark = mark
+        """The receivers' mark (converter.inbox.receiving) its receivers touch while bytes arrive; None: none."""
         self.limits = limits
         """Header caps and the conversion memory budget every received instance is checked against."""
         self.archive = Path(archive)

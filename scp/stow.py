@@ -44,7 +44,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from converter.inbox.receiving import mark_path
 from scp.events import ReceiverEvents
 from scp.incoming import IncomingFiles, SpaceRules
 from scp.storage import InstanceStore, valid_uid
@@ -94,7 +93,7 @@ class StowReceiver:
         self.events = events
         self._ids = itertools.count(1)
         self.incoming = IncomingFiles(SpaceRules(store.incoming, store.reserve_bytes, settings.max_part_bytes,
-                                                  mark_path(store.inbox)))
+                                                  store.mark))
         self.app = Starlette(routes=[
             Route("/dicom-web/studies", self.stow, methods=["POST"]),
             Route("/dicom-web/studies/{study}", self.stow, methods=["POST"]),

@@ -97,7 +97,7 @@ class InboxPipeline:
         """Called on the collecting thread with (job kind, result or exception, seconds since submission), for metrics."""
         self.clock = clock
         # Conversions yield to the receivers writing into this inbox (converter.inbox.receiving).
-        self.options = replace(settings.conversion_options(), yield_to=str(mark_path(Path(settings.inbox))))
+        self.options = replace(settings.conversion_options(), yield_to=str(mark_path(Path(settings.state_dir))))
         readonly = settings.dry_run
         self.store = StateStore(Path(settings.state_dir) / "wsi-node.sqlite", readonly=readonly)
         self.jobs: dict[str, Job] = {}

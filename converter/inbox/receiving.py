@@ -4,14 +4,14 @@ Why: a copy-mode conversion moves gigabytes through the page cache and the disk 
 full speed (~2-3 GB/s into the page cache here), and a sender pushing at the same time got about
 0.8x its throughput to an idle node: the scanner or PACS waits, a slide's conversion does not
 need to hurry by comparison (issue 14, target 3: receiving continues at full speed for other
-senders). The receivers (scp/incoming.py) touch `inbox/.receiving` at most every 0.2 s while
+senders). The receivers (scp/incoming.py) touch `state/receiving.mark` at most every 0.2 s while
 they write an instance; a conversion's kernel copy (converter.tiff.copier) asks, before each
 64 MiB step, whether the mark is younger than a second, and if so keeps to YIELD_RATE and starts
 the write-back of what it copied (so no burst of dirty pages is left for the final fsync while a
 receiver fsyncs its own instances). The mark is a file, not shared memory, so that conversion
 processes (a forkserver's children) need nothing but its path; Dask workers on other machines
-find no mark of theirs and copy at full speed on their own disks. A hidden name, so the inbox
-scan never takes it for an instance.
+find no mark of theirs and copy at full speed on their own disks. In the state folder, not the
+inbox, which holds instances only.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-MARK_NAME = ".receiving"
+MARK_NAME = "receiving.mark"
 TOUCH_EVERY = 0.2
 """Seconds between two touches of the mark by one receiver (a stat per 64 MiB is the reader's cost)."""
 FRESH = 1.0
@@ -29,8 +29,9 @@ YIELD_RATE = 128 << 20
 """Bytes per second a conversion copies while a receiver writes (a tenth of this disk's rate or less)."""
 
 
-def mark_path(inbox: Path) -> Path:
-    return Path(inbox) / MARK_NAME
+def mark_path(state_dir: Path) -> Path:
+    """The mark of the node whose state folder is `state_dir` (its receivers and its conversions agree on it)."""
+    return Path(state_dir) / MARK_NAME
 
 
 class ReceivingMark:

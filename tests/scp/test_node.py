@@ -305,12 +305,12 @@ def test_wsi_node_serve_command_ready_line_and_sigterm(tmp_path):
 
 
 def test_receiving_touches_the_mark_conversions_yield_to(node, tmp_path):
-    """converter.inbox.receiving: while a receiver writes an instance, inbox/.receiving is fresh."""
+    """converter.inbox.receiving: while a receiver writes an instance, state/receiving.mark is fresh."""
     from converter.inbox.receiving import mark_path, receiving
 
     spec = SlideSpec(width=1500, height=1100, seed=103)
     files = write_series(spec, tmp_path / "src")
-    mark = mark_path(node.data / "inbox")
+    mark = mark_path(node.data / "state")
     result = storescu(node.port, tmp_path / "src")
     assert result.returncode == 0, result.stderr
     assert mark.exists() and receiving(mark, now=time.time() - 0.5)
