@@ -218,6 +218,29 @@ class Copier(_Places):
             self._dst = -1
 
 
+def _link_unnamed(fd: int, path: Path) -> None:
+    """Give the O_TMPFILE file open at `fd` the name `path`: linkat("/proc/self/fd/N", AT_SYMLINK_FOLLOW), as
+    open(2) describes (os.link does not follow that link, and AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, os.fsencode(path), 0x400) != 0:  # AT_FDCWD, AT_SYMLINK_FOLLOW
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(path))
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when its parent ends (prctl PR_SET_PDEATHSIG, Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent ended before the request took effect
+        os._exit(1)
+
+
 class ForkedCopier(_Places):
     """The same copy in a process forked at once, for `wsi-node convert` before it imports anything heavy.
 
@@ -225,10 +248,11 @@ class ForkedCopier(_Places):
     conversion engine (~0.1 s) before it forks the conversion (converter.executors.local.run_in_fork,
     which needs a process with one thread, so no copy thread may run in it then); at 150,000 px that
     half second was a sixth of the whole copy. This copy starts right after the arguments are read,
-    into a hidden file of the command's beside the output; the conversion adopts it by renaming the
-    file to its own temporary name (`claim`), waits for it through a pipe (`join`: its error, ENOSPC
-    included, is raised there), or kills it (`cancel`). Only the process that forked it reaps it
-    (`dispose`, which also removes the file when no conversion claimed it).
+    into a file with no name in the output's folder (O_TMPFILE; a hidden name where the file system
+    has no such files); the conversion adopts it by linking (or renaming) it to its own temporary
+    name (`claim`), waits for it through a pipe (`join`: its error, ENOSPC included, is raised
+    there), or kills it (`cancel`). The copier dies with the command (PR_SET_PDEATHSIG). Only the
+    process that forked it reaps it (`dispose`, which also removes a named file nobody claimed).
     """
 
     def __init__(self, path: Path, runs: list[Run], start: int) -> None:
@@ -241,13 +265,23 @@ class ForkedCopier(_Places):
         """When the copy began (CLOCK_MONOTONIC is one clock for every process on Linux)."""
         self._early = path
         self._disposed = False
+        # A file with no name (O_TMPFILE) where the file system allows it: whatever ends the command
+        # (SIGKILL included) before a conversion claims it, nothing is left behind. The descriptor is
+        # inherited by the conversion process, which links it under its own temporary name.
+        self._unnamed: int | None = None
+        try:
+            self._unnamed = os.open(Path(path).parent, os.O_TMPFILE | os.O_RDWR, 0o644)
+            dst = self._unnamed
+        except (OSError, AttributeError):
+            dst = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         read, write = os.pipe()
-        dst = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the copier: stdlib calls only, then out without the parent's exit handlers
             os.close(read)
             status = b"ok"
             try:
+                _die_with(parent)
                 copy_places(self.places, dst)
             except OSError as exc:
                 status = f"errno {exc.errno} {exc}".encode()
@@ -257,8 +291,18 @@ class ForkedCopier(_Places):
                 os.write(write, status)
                 os._exit(0)
         os.close(write)
-        os.close(dst)
+        if self._unnamed is None:
+            os.close(dst)
         self.pid, self._read = pid, read
+
+    def claim(self, tmp: Path) -> None:
+        """Make the copy's file the conversion's temporary file `tmp` (the copy may still run)."""
+        if self._unnamed is not None and self.path != tmp:
+            _link_unnamed(self._unnamed, tmp)
+            os.close(self._unnamed)
+            self._unnamed, self.path = None, tmp
+        else:
+            super().claim(tmp)
 
     def _wait(self) -> bytes:
         if self._status is None:
@@ -287,6 +331,9 @@ class ForkedCopier(_Places):
             raise OSError(int(number), message)
         if status != "ok":
             raise RuntimeError(f"the early copy into {self.path} failed: {status[6:]}")
+        if self._unnamed is not None:  # not claimed yet: the file has no name
+            self._zero_tails(self._unnamed)
+            return
         dst = os.open(self.path, os.O_RDWR)
         try:
             self._zero_tails(dst)
@@ -309,4 +356,7 @@ class ForkedCopier(_Places):
         if self._status is None:
             os.close(self._read)
             self._status = b"error disposed"
+        if self._unnamed is not None:
+            os.close(self._unnamed)  # the last reference: an unclaimed unnamed file is gone now
+            self._unnamed = None
         Path(self._early).unlink(missing_ok=True)  # gone already when a conversion claimed (renamed) it

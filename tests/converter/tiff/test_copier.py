@@ -33,8 +33,9 @@ def test_places_keep_the_source_block_position():
 def test_every_range_lands_where_planned_and_tails_are_zeroed(tmp_path, kind):
     runs = _sources(tmp_path)
     out = tmp_path / "out.bin"
-    copier = kind(out, runs, 16)
+    copier = kind(tmp_path / ".early" if kind is ForkedCopier else out, runs, 16)
     copier.clear_after({0: 200_000})
+    copier.claim(out)
     copier.join()
     data = out.read_bytes()
     for k, (run, place) in enumerate(zip(runs, copier.places)):
@@ -49,7 +50,7 @@ def test_every_range_lands_where_planned_and_tails_are_zeroed(tmp_path, kind):
     assert copier.where(Run(runs[1].path, 0, 5)) is None
     if kind is ForkedCopier:
         copier.dispose()
-        assert not out.exists()  # nobody claimed it
+        assert out.exists() and not (tmp_path / ".early").exists()  # claimed: kept under the conversion's name
 
 
 @pytest.mark.parametrize("kind", [Copier, ForkedCopier])
@@ -70,6 +71,7 @@ def test_forked_copy_claimed_is_kept_and_the_copier_reaped(tmp_path):
     pid = copier.pid
     copier.dispose()
     assert (tmp_path / "x.tmp").stat().st_size == copier.end and not (tmp_path / ".x.early").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin", "x.tmp"]
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, 0)  # already reaped
     copier.dispose()  # twice is harmless
@@ -85,3 +87,32 @@ def test_forked_copy_cancelled_ends_and_join_says_so(tmp_path):
         copier.join()
     copier.dispose()
     assert not (tmp_path / ".x.early").exists()
+
+
+def test_an_unclaimed_forked_copy_leaves_no_file_even_when_the_command_is_killed(tmp_path):
+    """O_TMPFILE: the copy has no name until claimed; a killed command leaves nothing, its copier dies too."""
+    import subprocess
+    import sys
+    import time
+
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as fp:
+        fp.truncate(2 << 30)
+    code = (f"import time\nfrom converter.tiff.copier import ForkedCopier, Run\n"
+            f"c = ForkedCopier(__import__('pathlib').Path({str(tmp_path / '.x.early')!r}), [Run({str(big)!r}, 0, 2 << 30)], 16)\n"
+            f"print(c.pid, flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            cwd=str(__import__("pathlib").Path(__file__).resolve().parents[3]))
+    copier_pid = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(copier_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the copier outlived the command")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
