@@ -113,15 +113,6 @@ def append_levels(path: Path, levels: dict[int, LevelSplice], stop: threading.Ev
     return placed
 
 
-def splice_levels(path: Path, levels: dict[int, LevelSplice]) -> None:
-    """Append the copied levels' frames to the TIFF at `path` and point its IFDs' tiles at them.
-
-    `levels` maps IFD index -> what to copy into it; those IFDs were written with empty tiles.
-    """
-    if levels:
-        point_tiles(path, append_levels(path, levels))
-
-
 def point_tiles(path: Path, placed: Placed) -> None:
     """Overwrite TileOffsets and TileByteCounts of the IFDs in `placed` (same count, same type, in place).
 
