@@ -113,6 +113,11 @@ class InboxPipeline:
         """Resume after a crash: in-flight series go back to pending, temporary files of conversions and moves go."""
         for uid in self.store.reset_in_flight():
             log.warning("series %s was being converted when the last run stopped; it will be converted again", uid)
+            tracked = self.tracker.series.get(uid) if self.tracker is not None else None
+            if tracked is not None and tracked.status in ("published", "failed"):
+                # The tracker recorded the verdict but the series row was not (a node before the order in
+                # Results.series was fixed): without this, "converted" would hold the slide forever.
+                self.tracker.reopen(uid)
         serving = Path(self.s.serving)
         for item in serving.iterdir() if serving.exists() else []:
             name = item.name
@@ -125,6 +130,7 @@ class InboxPipeline:
         if self.tracker is not None and self.tracker.fresh:
             self._refill_tracker()
         self._finish_archiving()
+        self._settle_tracker()
         # Moves across filesystems copy to .<name>.<pid>.tmp beside the target: look where pending files go.
         folders = {Path(root) / Path(rel).parent for rel in self.store.files() for root in (self.s.archive, self.s.quarantine)}
         for folder in folders:
@@ -153,6 +159,21 @@ class InboxPipeline:
                 log.info("series %s: archiving %d original(s) of its published output %s (the last run stopped before "
                          "archiving them)", uid, len(rows), state["output"])
                 self.results.archive(rows)
+
+    def _settle_tracker(self) -> None:
+        """Give the tracker the verdict of series whose row says published or failed while the tracker still
+        says converting: the node stopped between the two records (Results.series writes the row first).
+        Without it the status page would show them converting and the tracker would keep them forever."""
+        if self.tracker is None:
+            return
+        for uid, tracked in list(self.tracker.series.items()):
+            if tracked.status != "converting":
+                continue
+            state = self.store.series(uid) or {}
+            if state.get("state") == "published" and set(tracked.facts) <= set(json.loads(state.get("fingerprint") or "[]")):
+                self.tracker.finished(uid, tracked.last_arrival, True)
+            elif state.get("state") == "failed":
+                self.tracker.finished(uid, tracked.last_arrival, False)
 
     def _refill_tracker(self) -> None:
         """The state database started empty (first start, deleted or damaged, converter.inbox.database):
@@ -300,6 +321,8 @@ class InboxPipeline:
             log.info("series %s: %s is already published for exactly these instances (an earlier run stopped before archiving)", uid, target)
             self.store.set_series(uid, study_uid=instances[0].study_uid, state="published", output=str(target),
                                   fingerprint=json.dumps(sop_fingerprint(instances)), attempts=0)
+            if self.tracker is not None and self.tracker.tracks(uid):  # its output covers every instance it has
+                self.tracker.finished(uid, self.tracker.series[uid].last_arrival, True)
             self.results.archive(members)
             return False
         attempts = (state or {}).get("attempts") or 0

@@ -82,12 +82,15 @@ class Results:
         if report is not None and report.ok:
             self.retries.settled(uid)
             self.retries.space.pop("serving", None)
-            if self.tracker is not None and self.tracker.tracks(uid):
-                self.tracker.finished(uid, job.covered, True)
             instances, archived = series_instances(self.store, uid, {r.rel for r in rows})
             fingerprint = sop_fingerprint(unique_by_sop(instances + archived))
+            # The series row first, the tracker's verdict second: a crash between the two leaves a row that
+            # says "published" (InboxPipeline.recover archives its originals and settles the tracker), never
+            # a tracker that says "converted" for a row still "converting" (nothing would convert it again).
             self.store.set_series(uid, state="published", output=report.output, error=None, attempts=0, stale=0,
                                   conversions=(current.get("conversions") or 0) + 1, fingerprint=json.dumps(fingerprint))
+            if self.tracker is not None and self.tracker.tracks(uid):
+                self.tracker.finished(uid, job.covered, True)
             self.published += 1
             log.info("series %s published: %s (%s; %.1f s)", uid, report.output,
                      ", ".join(f"L{lv.index} {lv.action}" for lv in report.levels), report.timings.get("total", 0))
@@ -131,10 +134,10 @@ class Results:
 
     def failed(self, uid: str, rows: list[FileRow], error: str, covered: float | None = None) -> None:
         self.retries.settled(uid)
+        self.failures += 1
+        self.store.set_series(uid, state="failed", error=error, attempts=0)  # before the tracker: see series()
         if self.tracker is not None and self.tracker.tracks(uid):
             self.tracker.finished(uid, self.tracker.series[uid].last_arrival if covered is None else covered, False)
-        self.failures += 1
-        self.store.set_series(uid, state="failed", error=error, attempts=0)
         log.error("series %s failed: %s", uid, error)
         quarantine_series(uid, rows, error, Path(self.s.quarantine), self.store)
 

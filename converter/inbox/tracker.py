@@ -176,6 +176,16 @@ class Tracker:
             t.status = "failed"
         self._save(t)
 
+    def reopen(self, uid: str) -> None:
+        """Forget the verdict of the latest conversion: its result was never recorded (the node stopped
+        between the tracker's row and the series row), so the series is assessed as if not converted."""
+        t = self.series.get(uid)
+        if t is None:
+            return
+        t.converted_at = None
+        t.status = "receiving"
+        self._save(t)
+
     def retry(self, uid: str) -> None:
         """The conversion ended without a result that counts (no space, a dead worker): the series is due
         again as it was before it started (the pipeline's backoff decides when it is submitted)."""
