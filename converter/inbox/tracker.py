@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
