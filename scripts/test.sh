@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=""
-  for pkg in libtiff6 dcmtk openssl systemd curl orthanc orthanc-dicomweb chromium; do
+  for pkg in libtiff6 dcmtk openssl systemd curl orthanc orthanc-dicomweb chromium xfsprogs; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
   done
   if [ -n "$missing" ]; then

