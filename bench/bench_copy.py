@@ -83,11 +83,13 @@ def timed(cmd: list[str], src: Path) -> tuple[float, int]:
     # on this VM costs up to 10x and would otherwise decide the ratio by which command ran first).
     prime_page_cache(sum(p.stat().st_size for p in src.glob("*.dcm")), src.parent)
     subprocess.run(["sync"], check=True)
+    t0 = time.perf_counter()  # not GNU time's %e: 10 ms steps, and a reflinked cp (XFS) takes less
     out = subprocess.run([TIME, "-f", "%e %M", *cmd], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-    wall, rss = out.stderr.strip().splitlines()[-1].split()
-    return float(wall), int(rss)
+    _, rss = out.stderr.strip().splitlines()[-1].split()
+    return wall, int(rss)
 
 
 def frames_of(src: Path) -> int:
@@ -135,7 +137,7 @@ def run_size(width: int, reps: int, work: Path, keep: bool) -> dict[str, object]
                 a, timings = run_a()
             a_runs.append((*a, timings))
             b_runs.append(b)
-            print(f"  {width}: rep {rep + 1}: copy {a[0]:.2f} s ({a[1] // 1024} MB), cp+sync {b[0]:.2f} s; {timings}", file=sys.stderr)
+            print(f"  {width}: rep {rep + 1}: copy {a[0]:.3f} s ({a[1] // 1024} MB), cp+sync {b[0]:.3f} s; {timings}", file=sys.stderr)
         shutil.rmtree(out_dir, ignore_errors=True)
         subprocess.run(["sync"], check=True)
         inproc = subprocess.run([sys.executable, "-c", _INPROC, str(src), str(out_dir / "x.tiff")], capture_output=True,
