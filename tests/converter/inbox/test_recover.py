@@ -13,34 +13,26 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from config.settings import BatchSettings
-from converter.executors.local import make_executor
 from converter.inbox.pipeline import InboxPipeline
 from converter.inbox.state import StateStore
 from converter.inbox.tracker import Tracker
 from converter.source.instance import read_instance
 from converter.testkit import SlideSpec, series_uids, write_series
-
-
-def _settings(tmp: Path) -> BatchSettings:
-    s = BatchSettings(inbox=tmp / "inbox", serving=tmp / "serving", archive=tmp / "archive", quarantine=tmp / "quarantine",
-                      state_dir=tmp / "state", settle_seconds=0, max_concurrent=1, mode="reencode")
-    for d in (s.inbox, s.serving, s.archive, s.quarantine, s.state_dir):
-        d.mkdir(parents=True, exist_ok=True)
-    return s
-
-
-@pytest.fixture
-def executor():
-    ex = make_executor(1)
-    yield ex
-    ex.shutdown(wait=True, cancel_futures=True)
+from tests.converter.inbox.folders import inbox_settings
 
 
 def _db(s: BatchSettings) -> Path:
     return Path(s.state_dir) / "wsi-node.sqlite"
+
+
+def _dropped_and_tracked(s: BatchSettings, spec: SlideSpec) -> tuple[list[Path], str, Tracker]:
+    """The series written into the inbox and every instance of it given to a tracker, 5 s ago."""
+    files = write_series(spec, Path(s.inbox) / "case")
+    tracker = Tracker(_db(s), settle=0, quiet=600)
+    for f in files:
+        tracker.on_instance(read_instance(f), None, "inbox", time.time() - 5)
+    return files, series_uids(spec)[1], tracker
 
 
 def _run_until(p: InboxPipeline, done, timeout: float = 90) -> None:
@@ -56,14 +48,10 @@ def _run_until(p: InboxPipeline, done, timeout: float = 90) -> None:
 
 
 def test_a_verdict_recorded_without_its_series_row_does_not_hold_the_slide(tmp_path, executor):
-    s = _settings(tmp_path)
+    s = inbox_settings(tmp_path, max_concurrent=1)
     spec = SlideSpec(width=1024, height=768, seed=621, downsamples=(1, 4))
-    files = write_series(spec, Path(s.inbox) / "case")
-    uid = series_uids(spec)[1]
+    files, uid, tracker = _dropped_and_tracked(s, spec)
     # What the old order left: every instance tracked, the verdict "converted", the row "converting", no output.
-    tracker = Tracker(_db(s), settle=0, quiet=600)
-    for f in files:
-        tracker.on_instance(read_instance(f), None, "inbox", time.time() - 5)
     covered = tracker.started(uid)
     tracker.finished(uid, covered, True)
     store = StateStore(_db(s))
@@ -84,13 +72,9 @@ def test_a_verdict_recorded_without_its_series_row_does_not_hold_the_slide(tmp_p
 
 
 def test_a_series_row_recorded_without_the_verdict_settles_the_tracker(tmp_path, executor):
-    s = _settings(tmp_path)
+    s = inbox_settings(tmp_path, max_concurrent=1)
     spec = SlideSpec(width=1024, height=768, seed=622, downsamples=(1, 4))
-    files = write_series(spec, Path(s.inbox) / "case")
-    uid = series_uids(spec)[1]
-    tracker = Tracker(_db(s), settle=0, quiet=600)
-    for f in files:
-        tracker.on_instance(read_instance(f), None, "inbox", time.time() - 5)
+    files, uid, tracker = _dropped_and_tracked(s, spec)
     p = InboxPipeline(s, executor, tracker=tracker)
     p.recover()
     _run_until(p, lambda: (p.store.series(uid) or {}).get("state") == "published")

@@ -17,27 +17,13 @@ import pytest
 
 from config.settings import BatchSettings, ConversionOptions
 from converter.conversion.convert import convert_series
-from converter.executors.local import MemoryBudget, WorkerDied, make_executor
+from converter.executors.local import MemoryBudget, WorkerDied
 from converter.inbox.pipeline import InboxPipeline
 from converter.source.instance import read_instance
 from converter.testkit import SlideSpec, series_uids, write_series
+from tests.converter.inbox.folders import inbox_settings
 
 WAIT = 90.0
-
-
-def _settings(tmp: Path) -> BatchSettings:
-    s = BatchSettings(inbox=tmp / "inbox", serving=tmp / "serving", archive=tmp / "archive", quarantine=tmp / "quarantine",
-                      state_dir=tmp / "state", settle_seconds=0, max_concurrent=2, mode="reencode")
-    for d in (s.inbox, s.serving, s.archive, s.quarantine, s.state_dir):
-        d.mkdir(parents=True, exist_ok=True)
-    return s
-
-
-@pytest.fixture
-def executor():
-    ex = make_executor(2)
-    yield ex
-    ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _drop(settings: BatchSettings, name: str, spec: SlideSpec) -> str:
@@ -79,7 +65,7 @@ def _kill_when_running(executor, pipeline: InboxPipeline, uid: str, scratch_in: 
 
 
 def test_a_killed_conversion_is_retried_across_a_restart_and_published_once(tmp_path, executor):
-    s = _settings(tmp_path)
+    s = inbox_settings(tmp_path)
     uid = _drop(s, "caseA", SlideSpec(width=8192, height=6144, seed=501))
     p = InboxPipeline(s, executor)
     p.recover()
@@ -108,7 +94,7 @@ def test_a_killed_conversion_is_retried_across_a_restart_and_published_once(tmp_
 
 
 def test_a_poison_slide_is_quarantined_after_max_attempts_while_another_converts(tmp_path, executor):
-    s = _settings(tmp_path)
+    s = inbox_settings(tmp_path)
     poison = _drop(s, "poison", SlideSpec(width=8192, height=6144, seed=502))
     other = _drop(s, "other", SlideSpec(width=2048, height=1536, seed=503))
     p = InboxPipeline(s, executor, max_attempts=3)
@@ -136,7 +122,7 @@ def test_a_poison_slide_is_quarantined_after_max_attempts_while_another_converts
 
 def test_attempts_left_by_a_node_that_died_count(tmp_path, executor):
     """A slide that kills the node itself (not only its worker) must not loop forever across restarts."""
-    s = _settings(tmp_path)
+    s = inbox_settings(tmp_path)
     uid = _drop(s, "caseB", SlideSpec(width=2048, height=1536, seed=504))
     p = InboxPipeline(s, executor, max_attempts=2)
     p.run_pass()
@@ -181,7 +167,7 @@ def test_a_conversion_over_its_memory_budget_fails_with_a_reason_and_the_executo
 
 
 def test_a_slide_declared_beyond_the_memory_cap_is_refused_before_converting(tmp_path, executor):
-    s = _settings(tmp_path)
+    s = inbox_settings(tmp_path)
     uid = _drop(s, "wide", SlideSpec(width=4096, height=4096, tile_size=4096, downsamples=(1,), seed=507))
     # 4096 x 4096 px frames: budgeted 256 MB + per thread (16 MB + 4 blocks of 12 MB + 2 frames of 48 MB), >= 416 MB
     p = InboxPipeline(s, executor, memory_cap_mb=400)
@@ -210,7 +196,7 @@ def test_the_executor_attributes_a_death_to_its_task_only(executor):
 def test_a_stop_between_publishing_and_archiving_archives_the_originals_at_restart(tmp_path, executor):
     """Results.series records "published", then archives: a kill between the two (seen in the kill -9
     trials) left the originals in the inbox for good. At restart they are archived, not converted again."""
-    s = _settings(tmp_path)
+    s = inbox_settings(tmp_path)
     uid = _drop(s, "caseE", SlideSpec(width=1024, height=768, seed=509))
     p = InboxPipeline(s, executor)
     p.results.archive = lambda rows: None  # the node stops right after recording the publication
