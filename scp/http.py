@@ -6,7 +6,8 @@ stops accepting connections, gives requests still running `graceful_seconds` to 
 then cancels them and joins the thread.
 
 Connection limits: at most `max_concurrent` connections and requests (uvicorn's
-limit_concurrency; more get 503), and no connection stays silent for longer than
+limit_concurrency; more get 503, with a lingering close so an upload still being sent
+does not turn the 503 into a reset), and no connection stays silent for longer than
 `idle_timeout`: uvicorn closes idle keep-alive connections itself, but it never times
 out a connection that sends nothing, or headers that trickle in, so the protocol class
 here adds a deadline for the request headers from the moment a connection opens and
@@ -59,9 +60,25 @@ def deadline_protocol(timeout: float):
             super().connection_made(transport)
             self._arm()
 
+        _lingering = False
+
         def on_headers_complete(self) -> None:
             self._disarm()
+            over = self.limit_concurrency is not None and (
+                len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency)
             super().on_headers_complete()
+            if over and self.cycle is not None and not self.cycle.response_complete:
+                # uvicorn answers 503 without reading the body and closes at once; a client still sending
+                # (a STOW-RS upload) then meets a reset before it reads the answer. Lingering close
+                # (RFC 9112 section 9.6): send the 503 and a FIN, read and drop the rest of the body, close
+                # when the request ends (or at the header deadline, armed when the response completes).
+                self.cycle.transport = _Lingering(self.transport)
+                self._lingering = True
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            if self._lingering and not self.transport.is_closing():
+                self.transport.close()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -73,6 +90,22 @@ def deadline_protocol(timeout: float):
             super().connection_lost(exc)
 
     return HeaderDeadlineProtocol
+
+
+class _Lingering:
+    """A transport whose close() only shuts down the sending side (the rest is the real transport's)."""
+
+    def __init__(self, transport) -> None:
+        self._transport = transport
+
+    def close(self) -> None:
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        else:  # TLS cannot half-close: close as uvicorn would
+            self._transport.close()
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
 
 
 class HttpServer:

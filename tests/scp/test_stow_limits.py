@@ -194,6 +194,27 @@ def test_a_series_into_a_60_mb_inbox_partly_stored_then_507(tmp_path):
             n.stop()
 
 
+def test_a_large_upload_to_a_full_node_reads_its_503_not_a_reset(tmp_path):
+    """Over the connection limit, the node answers 503 and reads the rest of the body before closing
+    (lingering close, scp/http.py): a client that sends its whole upload before reading the answer,
+    as http.client and requests do, gets the 503 instead of a broken pipe or a reset."""
+    files = write_series(SlideSpec(width=2048, height=1536, seed=2006, transfer_syntax="explicit"), tmp_path / "src")
+    body = multipart(files)
+    assert len(body) > 8 << 20  # far more than the socket buffers hold
+    n = RunningNode(tmp_path, http={"max_concurrent": 2, "idle_timeout": 20.0})
+    silent = [socket.create_connection(("127.0.0.1", n.http_port), timeout=10) for _ in range(2)]
+    try:
+        time.sleep(0.5)
+        for _ in range(3):
+            status, text = post(n, body)
+            assert status == 503, (status, text[:200])
+        assert not list((n.data / "inbox").rglob("*.dcm"))  # nothing of the refused uploads was stored
+    finally:
+        for s in silent:
+            s.close()
+        n.stop()
+
+
 def test_silent_and_slow_clients_are_closed_and_excess_gets_503(tmp_path):
     IDLE = 3.0
     files = write_series(SlideSpec(width=800, height=600, seed=2004, transfer_syntax="explicit"), tmp_path / "src")
