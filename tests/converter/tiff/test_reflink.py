@@ -84,3 +84,49 @@ def test_a_copy_mode_conversion_on_xfs_shares_the_frames_blocks(xfs):
     assert grew < pixels // 4, f"the output took {grew >> 10} KiB of new blocks for {pixels >> 10} KiB of frames"
     compared, _fills = _tiles_equal_frames(xfs / "out.tiff", instances)
     assert compared == sum(i.number_of_frames for i in instances)
+
+
+def _copy_while_receiving(folder, size: int):
+    """copy_places of `size` bytes in `folder` while a receiver keeps the mark fresh; the Pace used."""
+    import threading
+
+    from converter.inbox.receiving import Pace
+
+    src = folder / "frames.bin"
+    src.write_bytes(os.urandom(size))
+    os.sync()  # received bytes already written (a shared range of dirty pages is written out first)
+    mark = folder / "receiving.mark"
+    mark.touch()
+    done = threading.Event()
+
+    def receiver():
+        while not done.wait(0.1):
+            os.utime(mark)
+
+    pace = Pace(mark)
+    places, _end = plan_places([Run(str(src), 1234, size)], 16)
+    fd = os.open(folder / "out.bin", os.O_RDWR | os.O_CREAT, 0o644)
+    t = threading.Thread(target=receiver, daemon=True)
+    t.start()
+    try:
+        copy_places(places, fd, pace=pace)
+        assert os.pread(fd, 4096, places[0].at) == src.read_bytes()[1234:1234 + 4096]
+    finally:
+        done.set()
+        t.join()
+        os.close(fd)
+    return pace
+
+
+def test_a_shared_copy_is_not_paced_for_receivers_but_a_real_copy_is(xfs, tmp_path):
+    # Receivers first (converter/inbox/receiving.py) keeps a conversion's copy to 128 MB/s while bytes
+    # arrive, to leave them the disk; a shared copy writes nothing, so pacing it would only delay it.
+    shared = _copy_while_receiving(xfs, 192 << 20)
+    assert shared.slept == 0.0, f"a reflinked copy waited {shared.slept:.2f} s for the receivers"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(plain)], capture_output=True, text=True).stdout.strip()
+    if kind not in ("ext2/ext3", "tmpfs", "overlayfs"):
+        pytest.skip(f"the contrast needs a file system that copies bytes; {plain} is on {kind}")
+    copied = _copy_while_receiving(plain, 192 << 20)  # the test's own file system (ext4 here): bytes copied
+    assert copied.slept > 0.3, f"a copying file system's copy was not paced ({copied.slept:.2f} s)"
