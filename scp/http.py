@@ -60,7 +60,7 @@ def deadline_protocol(timeout: float):
             super().connection_made(transport)
             self._arm()
 
-        _lingering = False
+        _lingering = None
 
         def on_headers_complete(self) -> None:
             self._disarm()
@@ -72,13 +72,12 @@ def deadline_protocol(timeout: float):
                 # (a STOW-RS upload) then meets a reset before it reads the answer. Lingering close
                 # (RFC 9112 section 9.6): send the 503 and a FIN, read and drop the rest of the body, close
                 # when the request ends (or at the header deadline, armed when the response completes).
-                self.cycle.transport = _Lingering(self.transport)
-                self._lingering = True
+                self.cycle.transport = self._lingering = _Lingering(self.transport)
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
-            if self._lingering and not self.transport.is_closing():
-                self.transport.close()
+            if self._lingering:
+                self._lingering.body_read()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -93,15 +92,26 @@ def deadline_protocol(timeout: float):
 
 
 class _Lingering:
-    """A transport whose close() only shuts down the sending side (the rest is the real transport's)."""
+    """The transport of a 503 cycle: closed once both the answer is sent (close()) and the body is read.
+
+    Until the body is read, close() only shuts down the sending side; a body that ended before the
+    answer was sent (a small request) closes at once when the answer is done.
+    """
 
     def __init__(self, transport) -> None:
         self._transport = transport
+        self._answered = self._read = False
 
     def close(self) -> None:
-        if self._transport.can_write_eof():
+        self._answered = True
+        if self._read or not self._transport.can_write_eof():  # TLS cannot half-close: close as uvicorn would
+            self._transport.close()
+        else:
             self._transport.write_eof()
-        else:  # TLS cannot half-close: close as uvicorn would
+
+    def body_read(self) -> None:
+        self._read = True
+        if self._answered and not self._transport.is_closing():
             self._transport.close()
 
     def __getattr__(self, name):
