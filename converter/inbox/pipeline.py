@@ -111,13 +111,9 @@ class InboxPipeline:
     # --- start-up ---------------------------------------------------------------------------
     def recover(self) -> None:
         """Resume after a crash: in-flight series go back to pending, temporary files of conversions and moves go."""
-        for uid in self.store.reset_in_flight():
+        reset = self.store.reset_in_flight()
+        for uid in reset:
             log.warning("series %s was being converted when the last run stopped; it will be converted again", uid)
-            tracked = self.tracker.series.get(uid) if self.tracker is not None else None
-            if tracked is not None and tracked.status in ("published", "failed"):
-                # The tracker recorded the verdict but the series row was not (a node before the order in
-                # Results.series was fixed): without this, "converted" would hold the slide forever.
-                self.tracker.reopen(uid)
         serving = Path(self.s.serving)
         for item in serving.iterdir() if serving.exists() else []:
             name = item.name
@@ -130,7 +126,7 @@ class InboxPipeline:
         if self.tracker is not None and self.tracker.fresh:
             self._refill_tracker()
         self._finish_archiving()
-        self._settle_tracker()
+        self._reconcile_tracker(set(reset))
         # Moves across filesystems copy to .<name>.<pid>.tmp beside the target: look where pending files go.
         folders = {Path(root) / Path(rel).parent for rel in self.store.files() for root in (self.s.archive, self.s.quarantine)}
         for folder in folders:
@@ -160,13 +156,21 @@ class InboxPipeline:
                          "archiving them)", uid, len(rows), state["output"])
                 self.results.archive(rows)
 
-    def _settle_tracker(self) -> None:
-        """Give the tracker the verdict of series whose row says published or failed while the tracker still
-        says converting: the node stopped between the two records (Results.series writes the row first).
-        Without it the status page would show them converting and the tracker would keep them forever."""
+    def _reconcile_tracker(self, reset: set[str]) -> None:
+        """Bring the tracker's verdicts in line with the series rows after a stop between the two records.
+
+        * Row published or failed, tracker still converting (Results.series writes the row first): give
+          the tracker that verdict, or the status page shows the series converting for ever.
+        * Row was converting (`reset`), tracker says published or failed (nodes before that order wrote
+          the verdict first): forget the verdict, or "converted" holds the slide for ever.
+        """
         if self.tracker is None:
             return
         for uid, tracked in list(self.tracker.series.items()):
+            if uid in reset:
+                if tracked.status in ("published", "failed"):
+                    self.tracker.reopen(uid)
+                continue
             if tracked.status != "converting":
                 continue
             state = self.store.series(uid) or {}

@@ -232,13 +232,19 @@ class Copier(_Places):
             self._dst = -1
 
 
+def _libc():
+    """The C library, for the two Linux calls Python's os module lacks (linkat's flags, prctl)."""
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _link_unnamed(fd: int, path: Path) -> None:
     """Give the O_TMPFILE file open at `fd` the name `path`: linkat("/proc/self/fd/N", AT_SYMLINK_FOLLOW), as
     open(2) describes (os.link does not follow that link, and AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH)."""
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, os.fsencode(path), 0x400) != 0:  # AT_FDCWD, AT_SYMLINK_FOLLOW
+    if _libc().linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, os.fsencode(path), 0x400) != 0:  # AT_FDCWD, AT_SYMLINK_FOLLOW
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(path))
 
@@ -246,9 +252,7 @@ def _link_unnamed(fd: int, path: Path) -> None:
 def _die_with(parent: int) -> None:
     """Have the kernel kill this process when its parent ends (prctl PR_SET_PDEATHSIG, Linux)."""
     try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        _libc().prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # the parent ended before the request took effect
