@@ -337,7 +337,9 @@ def run_serve(work: Path, src: Path, m: dict, timeout: float = 900, prime_after:
             cpu_leader, _ = watch.conversion(leader_only=True)
             hwm = scp.hwm_kb()
             times = log_times(log, m["uid"])
-            written = m["bytes"] + record_output(m, data / "serving" / f"{m['uid']}.tiff", data / "serving" / f"{m['uid']}.json")
+            sidecar = data / "serving" / f"{m['uid']}.json"
+            serve_timings = json.loads(sidecar.read_text()).get("timings", {})
+            written = m["bytes"] + record_output(m, data / "serving" / f"{m['uid']}.tiff", sidecar)
         extra = settle - 2.0  # reported as if settle were 2 s, the node's default
         if prime_after and primed_by > times["converting"]:
             print(f"  warning: the output's priming ended {primed_by - times['converting']:.2f} s after the conversion began",
@@ -348,7 +350,7 @@ def run_serve(work: Path, src: Path, m: dict, timeout: float = 900, prime_after:
                 "end_to_end": done_wall - t0 + latency - extra, "cpu": cpu, "cpu_wait": cpu_wait, "cpu_leader": cpu_leader,
                 "written_mb": written / 1e6, "primed_mb": primed / 1e6,
                 "node_cpu": after[0] - before[0], "node_wait": after[1] - before[1], "rss_main": scp.poller.main_kb / 1024,
-                "rss_tree": scp.poller.tree_kb / 1024, "hwm_main": hwm / 1024}
+                "rss_tree": scp.poller.tree_kb / 1024, "hwm_main": hwm / 1024, "timings": serve_timings}
     finally:
         cleanup(data, log)
 
@@ -386,7 +388,7 @@ def run_cli(work: Path, src: Path, m: dict, age: float = 0.0) -> dict:
         return {"cli_wall": wall, "cli_conversion": timings["total"] + timings.get("copy_started_before", 0.0), "cli_cpu": cpu, "cli_cpu_wait": cpu_wait,
                 "cli_cpu_leader": cpu_leader, "cli_tree_cpu": tree_cpu,
                 "cli_tree_cpu_rusage": ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime,
-                "cli_written_mb": written / 1e6, "cli_primed_mb": primed / 1e6}
+                "cli_written_mb": written / 1e6, "cli_primed_mb": primed / 1e6, "cli_timings": timings}
     finally:
         cleanup(out)
 
