@@ -270,3 +270,24 @@ def prime_page_cache(nbytes: int, folder: Path | None = None) -> None:
     finally:
         os.close(fd)
         os.unlink(name)
+
+
+PAGE_REPORTING = Path("/sys/module/page_reporting/parameters")
+
+
+def page_reporting_state() -> str:
+    """One line saying whether this VM hands freed guest memory back to its host (virtio-balloon free page reporting).
+
+    Why: with reporting on, every write into memory a run freed a moment before costs ~2.6 s of kernel time per
+    GB (2 GiB allocated and touched: 2.0-4.7 s on, 0.27-0.32 s off), which decides which side of a pair wins. A
+    page_reporting_order above the kernel's largest page order (10) stops the reporting (docs/benchmarks.md):
+    benchmark results say which state they ran in.
+    """
+    order_file = PAGE_REPORTING / "page_reporting_order"
+    if not order_file.exists():
+        return "free page reporting: absent (no virtio-balloon page reporting on this machine)"
+    order = int(order_file.read_text())
+    reported = int((PAGE_REPORTING / "reported_kib").read_text()) if (PAGE_REPORTING / "reported_kib").exists() else None
+    state = "off" if order > 10 else "on"
+    extra = f", {reported / 1048576:.1f} GiB reported so far" if reported is not None else ""
+    return f"free page reporting: {state} (page_reporting_order {order}{extra})"

@@ -43,6 +43,9 @@ sys.path.insert(0, str(REPO))
 
 from converter.testkit import SlideSpec, render_region, write_series  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import page_reporting_state  # noqa: E402
+
 QUALITY = 85
 TILE = 256
 THREADS = 2
@@ -232,6 +235,7 @@ def main() -> int:
     ap.add_argument("--floor-of", help=argparse.SUPPRESS)
     ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    print(page_reporting_state(), flush=True)
     if args.floor_of:
         seconds, tiles = codec_floor(Path(args.floor_of), args.quality, args.threads, args.check)
         print(json.dumps({"floor_s": seconds, "tiles": tiles}))

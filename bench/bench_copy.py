@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from _common import prime_page_cache  # noqa: E402
+from _common import page_reporting_state, prime_page_cache  # noqa: E402
 from gen_big import big_spec, check_copy, write_big_series  # noqa: E402
 
 WSI_NODE = str(Path(sys.executable).with_name("wsi-node"))
@@ -174,6 +174,7 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/bench-copy")
     ap.add_argument("--keep-inputs", action="store_true")
     args = ap.parse_args()
+    print(page_reporting_state(), flush=True)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -72,7 +72,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    NODE_AE, dcm_files, fmt, free_port, markdown_table, med, node_process, prime_page_cache, push, series_uid, wait_published,
+    NODE_AE, dcm_files, fmt, page_reporting_state, free_port, markdown_table, med, node_process, prime_page_cache, push, series_uid, wait_published,
 )
 from gen_big import big_spec, write_big_series  # noqa: E402
 
@@ -436,6 +436,7 @@ def main() -> int:
     ap.add_argument("--prime-after-receive", action="store_true",
                     help="serve: prime the conversion's output bytes after the push, not before it (settle 10 s, reported as 2)")
     args = ap.parse_args()
+    print(page_reporting_state(), flush=True)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sizes = [int(s) for s in args.sizes.split(",") if s]

@@ -62,7 +62,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    NODE_AE, REPO, check_stored, dcm_files, descendants, fmt, free_port, large_spec, markdown_table, med, node_process, prepare,
+    NODE_AE, REPO, check_stored, dcm_files, descendants, fmt, page_reporting_state, free_port, large_spec, markdown_table, med, node_process, prepare,
     prime_page_cache, push, ratio_line, receive_cells, scratch, series_spec, series_uid, wait_published,
 )
 from bench_node import big_inputs  # noqa: E402
@@ -183,6 +183,7 @@ def main() -> int:
     ap.add_argument("--keep-large", action="store_true", help="keep the generated large instance in --work")
     ap.add_argument("--work", default=str(REPO / "bench" / "out"))
     args = ap.parse_args()
+    print(page_reporting_state(), flush=True)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     variants = [v for v in args.variants.split(",") if v]

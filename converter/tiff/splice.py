@@ -8,8 +8,9 @@ of frames is appended here with `os.copy_file_range`, as `cp` does: the bytes ne
 Python (a 4 GB level 0 through tifffile's per-tile writes took 3.3x `cp`). Last, the level's
 TileOffsets and TileByteCounts are overwritten in place (converter.tiff.ifd) to
 name each frame's place inside the copied ranges; the few item headers between frames stay in the
-file unreferenced. A run starts at the same place in a 4 KiB block as in the source, so a file
-system that can share blocks (XFS, Btrfs reflinks) may do so.
+file unreferenced. A run is placed as the early copy places it (converter.tiff.copier.place: at
+the source's place in a 4 KiB block, so that XFS or Btrfs may share blocks, and a large run in a
+2 MiB span, so that the kernel copies whole page-cache folios).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.tiff.copier import Run, copy_range
+from converter.tiff.copier import Run, copy_range, max_padding, place, steps
 from converter.tiff.ifd import TILE_BYTE_COUNTS, TILE_OFFSETS, TiffStructure
 
 _BLOCK = 4096
@@ -51,7 +52,7 @@ class LevelSplice:
     @property
     def max_bytes(self) -> int:
         """Upper bound of what splicing appends (runs, block alignment, fill)."""
-        return sum(r.stop - r.start + _BLOCK for r in self.runs) + len(self.fill) + _BLOCK
+        return sum(r.stop - r.start + max_padding(r) for r in self.runs) + len(self.fill) + _BLOCK
 
 
 class Cancelled(Exception):
@@ -63,15 +64,14 @@ def _append(dst: int, pos: int, splice: LevelSplice, sources: dict[str, int],
     """Append one level's runs (and fill tile) at `pos`; its tile offsets and byte counts, and the new end."""
     run_at = np.zeros(max(1, len(splice.runs)), np.uint64)
     for r, run in enumerate(splice.runs):
-        pos += (run.start - pos) % _BLOCK
+        pos = place(run, pos)
         src = sources.get(run.path)
         if src is None:
             src = sources[run.path] = os.open(run.path, os.O_RDONLY)
         run_at[r] = pos
-        for lo in range(run.start, run.stop, _CHUNK):
+        for lo, n in steps(run.start, run.stop, _CHUNK):
             if stop is not None and stop.is_set():
                 raise Cancelled()
-            n = min(_CHUNK, run.stop - lo)
             copy_range(src, dst, lo, n, pos, run.path)
             pos += n
     fill_at = 0

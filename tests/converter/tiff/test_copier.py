@@ -1,5 +1,6 @@
 """converter.tiff.copier: both copiers place every range at its planned offset (same place in a 4 KiB
-block as in the source), zero unused tails, hand their errors to join, and the forked one is reaped
+block as in the source, a large range in a 2 MiB span), copy in steps that end on step multiples of
+the source, zero unused tails, hand their errors to join, and the forked one is reaped
 and its file removed unless a conversion claimed it."""
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import os
 import numpy as np
 import pytest
 
-from converter.tiff.copier import BLOCK, Copier, ForkedCopier, Run, plan_places
+from converter.tiff import copier as copier_module
+from converter.tiff import splice as splice_module
+from converter.tiff.copier import BLOCK, FOLIO, LARGE_RUN, Copier, ForkedCopier, Run, plan_places, steps
+from converter.tiff.splice import LevelSplice, append_levels
 
 
 def _sources(tmp_path):
@@ -29,8 +33,24 @@ def test_places_keep_the_source_block_position():
     assert places[1].at >= places[0].at + 5000 - 1234 and end == places[1].at + 10
 
 
+def test_a_large_range_keeps_its_source_place_in_a_2_mib_span():
+    big = Run("x", 4_399_726, 4_399_726 + LARGE_RUN)
+    places, end = plan_places([big, Run("y", 10, 20)], 16)
+    assert places[0].at % FOLIO == big.start % FOLIO and places[0].at - 16 < FOLIO
+    assert places[1].at % BLOCK == 10 and places[1].at - (places[0].at + LARGE_RUN) < BLOCK
+
+
+def test_steps_end_on_multiples_of_the_step_in_the_source():
+    pieces = steps(622, 3 * 4096 + 5, 4096)
+    assert pieces == [(622, 4096 - 622), (4096, 4096), (8192, 4096), (12288, 5)]
+    assert steps(8192, 8192, 4096) == [] and steps(0, 10, 4096) == [(0, 10)]
+
+
+@pytest.mark.parametrize("step", [None, 4096 * 3])
 @pytest.mark.parametrize("kind", [Copier, ForkedCopier])
-def test_every_range_lands_where_planned_and_tails_are_zeroed(tmp_path, kind):
+def test_every_range_lands_where_planned_and_tails_are_zeroed(tmp_path, kind, step, monkeypatch):
+    if step is not None:  # many steps per range, each but the first starting on a step multiple
+        monkeypatch.setattr(copier_module, "_STEP", step)
     runs = _sources(tmp_path)
     out = tmp_path / "out.bin"
     copier = kind(tmp_path / ".early" if kind is ForkedCopier else out, runs, 16)
@@ -116,3 +136,20 @@ def test_an_unclaimed_forked_copy_leaves_no_file_even_when_the_command_is_killed
     else:
         raise AssertionError("the copier outlived the command")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
+
+
+def test_the_splice_path_places_runs_where_the_early_copy_would(tmp_path, monkeypatch):
+    """converter.tiff.splice appends without an early copy: same places, same bytes, chunked at chunk multiples."""
+    monkeypatch.setattr(splice_module, "_CHUNK", 4096 * 2)
+    runs = _sources(tmp_path)[:2]
+    out = tmp_path / "out.bin"
+    out.write_bytes(bytes(16))
+    level = LevelSplice(runs, np.array([0, 1], np.int64), np.array([0, 0], np.uint64),
+                        np.array([10, 10], np.uint64), b"")
+    placed = append_levels(out, {0: level})
+    offsets, _counts = placed[0]
+    expected, _end = plan_places(runs, 16)
+    assert [int(o) for o in offsets] == [p.at for p in expected]
+    data = out.read_bytes()
+    for run, p in zip(runs, expected):
+        assert data[p.at : p.at + run.stop - run.start] == open(run.path, "rb").read()[run.start : run.stop]
