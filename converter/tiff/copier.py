@@ -123,16 +123,15 @@ class Placed:
     at: int
 
 
+def max_padding(run: Run) -> int:
+    """The span `place` aligns `run` in, which is also the most bytes it may skip before it."""
+    return FOLIO if run.stop - run.start >= LARGE_RUN else BLOCK
+
+
 def place(run: Run, pos: int) -> int:
     """The first offset from `pos` on where `run` goes: at its source's place in a 4 KiB block (reflinks
     share only whole, aligned blocks), and a large run at its source's place in a 2 MiB span (FOLIO)."""
-    span = FOLIO if run.stop - run.start >= LARGE_RUN else BLOCK
-    return pos + (run.start - pos) % span
-
-
-def max_padding(run: Run) -> int:
-    """The most bytes `place` may skip before `run`."""
-    return FOLIO if run.stop - run.start >= LARGE_RUN else BLOCK
+    return pos + (run.start - pos) % max_padding(run)
 
 
 def plan_places(runs: list[Run], start: int) -> tuple[list[Placed], int]:
