@@ -52,6 +52,8 @@ GB. With the flag, serve's output is primed once the push has ended, during a 10
 --same-age: the same cause, measured instead of removed: the CLI runs again as long after its
 priming as serve's conversion began after serve's, and the busy run's second sender pushes again
 to an idle node as long after its priming as in the busy run; the extra lines give those ratios.
+Both flags predate the finding that a `page_reporting_order` above 10 stops the reporting (docs/benchmarks.md,
+issue 14's first section): with reporting off neither is needed; the first line printed says which state ran.
 """
 
 from __future__ import annotations
