@@ -384,7 +384,7 @@ def run_cli(work: Path, src: Path, m: dict, age: float = 0.0) -> dict:
             raise RuntimeError(f"wsi-node convert failed ({proc.returncode}): {err[-2000:]}")
         report = json.loads(target.with_suffix(".json").read_text())
         written = record_output(m, target, target.with_suffix(".json"))
-        # The conversion began when the command's early copy did (converter.tiff.copier.ForkedCopier), before
+        # The conversion began when the command's early copy did (converter.tiff.forked_copier.ForkedCopier), before
         # the conversion process and its timings.total started: that head start is part of its time.
         timings = report["timings"]
         return {"cli_wall": wall, "cli_conversion": timings["total"] + timings.get("copy_started_before", 0.0), "cli_cpu": cpu, "cli_cpu_wait": cpu_wait,

@@ -74,7 +74,7 @@ def run_convert(args: argparse.Namespace) -> int:
         return 2
     from converter.conversion.early_copy import start_forked_early_copy
 
-    # The kernel copy of the frames starts now, while the headers are read (converter.tiff.copier.ForkedCopier).
+    # The kernel copy of the frames starts now, while the headers are read (converter.tiff.forked_copier.ForkedCopier).
     early = start_forked_early_copy(args.inputs, Path(args.output), options)
     try:
         return _convert_all(args, options, early)

@@ -31,7 +31,8 @@ from converter.source.level import Level
 from converter.source.level_reader import LevelReader
 from converter.durable import fsync_and_rename, fsync_file
 from converter.tiff.pyramid import TileAppender, TileSpool, downsample2
-from converter.tiff.copier import HEADER, Copier, ForkedCopier
+from converter.tiff.copier import HEADER, Copier
+from converter.tiff.forked_copier import ForkedCopier
 from converter.tiff.relocate import move_structure
 from converter.tiff.splice import point_tiles, tile_places
 from converter.conversion.early_copy import adopt, pace_of, start_early_copy

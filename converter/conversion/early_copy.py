@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Iterable
 from config.settings import ConversionOptions
 from converter.inbox.receiving import Pace
 from converter.source.pixel_probe import JPEG_BASELINE, iter_files, jpeg_volume_pixels
-from converter.tiff.copier import HEADER, Copier, ForkedCopier, Run
+from converter.tiff.copier import HEADER, Copier, Run
+from converter.tiff.forked_copier import ForkedCopier
 
 if TYPE_CHECKING:  # this module is imported by the command line before pydicom is
     from converter.source.instance import WsiInstance

@@ -1,7 +1,7 @@
 """Where a file's JPEG Pixel Data likely starts, from its bytes alone (no pydicom), and the files of the inputs.
 
 Why: `wsi-node convert` in copy mode starts the kernel copy of the frames before it has read a
-header properly (converter.tiff.copier.ForkedCopier), since importing pydicom and reading every
+header properly (converter.tiff.forked_copier.ForkedCopier), since importing pydicom and reading every
 header took ~0.35 s with the disk idle. A guess is enough there: the conversion adopts the copy
 only when the ranges its plan copies lie inside the guessed ones (converter.conversion.early_copy),
 so a wrong guess costs time, never correctness. The guess: a Part 10 file (PS3.10 7.1: "DICM" at

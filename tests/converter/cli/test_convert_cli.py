@@ -78,7 +78,7 @@ def _cli(args, timeout=120):
 
 
 def test_the_copy_starts_with_the_command_and_leaves_nothing_behind(tmp_path):
-    """converter.tiff.copier.ForkedCopier: started before the headers are read, adopted, its file renamed."""
+    """converter.tiff.forked_copier.ForkedCopier: started before the headers are read, adopted, its file renamed."""
     from converter.source.discover import discover
     from tests.converter.conversion.test_spliced_copy import _tiles_equal_frames
 

@@ -13,7 +13,8 @@ import pytest
 
 from converter.tiff import copier as copier_module
 from converter.tiff import splice as splice_module
-from converter.tiff.copier import BLOCK, FOLIO, LARGE_RUN, Copier, ForkedCopier, Run, plan_places, steps
+from converter.tiff.copier import BLOCK, FOLIO, LARGE_RUN, Copier, Run, plan_places, steps
+from converter.tiff.forked_copier import ForkedCopier
 from converter.tiff.splice import LevelSplice, append_levels
 
 
@@ -118,7 +119,7 @@ def test_an_unclaimed_forked_copy_leaves_no_file_even_when_the_command_is_killed
     big = tmp_path / "big.bin"
     with open(big, "wb") as fp:
         fp.truncate(2 << 30)
-    code = (f"import time\nfrom converter.tiff.copier import ForkedCopier, Run\n"
+    code = (f"import time\nfrom converter.tiff.copier import Run\nfrom converter.tiff.forked_copier import ForkedCopier\n"
             f"c = ForkedCopier(__import__('pathlib').Path({str(tmp_path / '.x.early')!r}), [Run({str(big)!r}, 0, 2 << 30)], 16)\n"
             f"print(c.pid, flush=True)\ntime.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
