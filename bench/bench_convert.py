@@ -235,11 +235,11 @@ def main() -> int:
     ap.add_argument("--floor-of", help=argparse.SUPPRESS)
     ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    print(page_reporting_state(), flush=True)
     if args.floor_of:
         seconds, tiles = codec_floor(Path(args.floor_of), args.quality, args.threads, args.check)
         print(json.dumps({"floor_s": seconds, "tiles": tiles}))
         return 0
+    print(page_reporting_state(), flush=True)
     wanted = [TOOL_KEYS[k.strip()] for k in args.tools.split(",") if k.strip()]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
