@@ -77,10 +77,20 @@ def run_convert(args: argparse.Namespace) -> int:
     # The kernel copy of the frames starts now, while the headers are read (converter.tiff.forked_copier.ForkedCopier).
     early = start_forked_early_copy(args.inputs, Path(args.output), options)
     try:
+        _remove_stale_scratch(Path(args.output))
         return _convert_all(args, options, early)
     finally:
         if early is not None:
             early.dispose()
+
+
+def _remove_stale_scratch(output: Path) -> None:
+    """What killed commands left in the output's folder goes first (while the early copy already runs)."""
+    from converter.conversion.run import remove_stale_scratch
+
+    folder = output.parent if output.suffix.lower() in (".tif", ".tiff") else output
+    for path in remove_stale_scratch(folder):
+        log.info("removed %s, left by a conversion whose process was killed before it could clean up", path)
 
 
 def _convert_all(args: argparse.Namespace, options: ConversionOptions, early) -> int:

@@ -14,13 +14,15 @@ memory budget, converter.executors.local.MemoryBudget). Whatever failed, nothing
 serving: the temporary TIFF, the work folder, the sidecar's temporary file, and a TIFF that was
 renamed into place but whose sidecar could not be written, are removed. A process killed outright
 cannot clean up: the pipeline removes that conversion's scratch files (scratch_files) after the
-death, and at every start.
+death, and at every start; `wsi-node convert` removes those of killed commands from its output
+folder when it starts (stale_scratch).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import resource
 import shutil
 import threading
@@ -98,6 +100,15 @@ def scratch_files(output: Path, pid: int | None = None) -> Iterator[Path]:
         yield from output.parent.glob(pattern)
 
 
+def remove_stale_scratch(folder: Path) -> list[Path]:
+    """Remove what stale_scratch finds; returns what went."""
+    removed = []
+    for path in stale_scratch(folder):
+        _remove(path)
+        removed.append(path)
+    return removed
+
+
 def remove_scratch(output: Path, pid: int | None = None) -> list[Path]:
     """Remove what scratch_files finds (after a conversion process was killed); returns what went."""
     removed = []
@@ -105,6 +116,46 @@ def remove_scratch(output: Path, pid: int | None = None) -> list[Path]:
         _remove(path)
         removed.append(path)
     return removed
+
+
+_SCRATCH = re.compile(r"\.(?P<name>.+\.(?:tiff?|json))\.(?P<pid>[0-9]+)\.(?:tmp|work|early)", re.IGNORECASE)
+"""A conversion's scratch name beside its output: .<output>.<pid>.tmp or .work, the sidecar's .<name>.json.<pid>.tmp,
+the command's early copy .<output>.<pid>.early (converter.conversion.early_copy, where O_TMPFILE is refused)."""
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether `pid` is a process that can still write (a zombie cannot: it only waits to be reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] != "Z"
+
+
+def stale_scratch(folder: Path) -> list[Path]:
+    """Scratch files and folders in `folder` left by conversions whose process no longer exists.
+
+    Why: a command killed outright (SIGKILL, the OOM killer, a power cut) cannot remove its
+    temporary TIFF, which may hold gigabytes, and nothing else would; the next command into the
+    same folder does. A file whose process still runs (another command converting there now) is
+    kept. Only names of this module's pattern are touched: .<name>.tif(f)/.json.<pid>.tmp/.work/.early.
+    """
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return []
+    found = []
+    for path in entries:
+        m = _SCRATCH.fullmatch(path.name)
+        if m is not None and int(m["pid"]) != os.getpid() and not _process_exists(int(m["pid"])):
+            found.append(path)
+    return sorted(found)
 
 
 def _remove(path: Path) -> None:

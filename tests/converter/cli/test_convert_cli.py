@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from converter.testkit import SlideSpec, series_uids, write_series
@@ -119,3 +122,54 @@ def test_a_failed_conversion_removes_the_early_copy(tmp_path):
     assert r.returncode == 1
     assert "not a complete JPEG bitstream" in r.stderr
     assert list(out.parent.iterdir()) == []
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_scratch_of_killed_commands_is_removed_and_that_of_a_running_one_kept(tmp_path):
+    """converter.conversion.run.stale_scratch: only our scratch names, only of processes that are gone."""
+    write_series(SlideSpec(width=600, height=400), tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = _dead_pid()
+    stale = [out / f".slide.tiff.{dead}.tmp", out / f".slide.json.{dead}.tmp", out / f".other.TIF.{dead}.early"]
+    for path in stale:
+        path.write_bytes(b"x" * 100)
+    work = out / f".slide.tiff.{dead}.work"
+    work.mkdir()
+    (work / "level-0.spool").write_bytes(b"x")
+    running = out / f".slide.tiff.{os.getpid()}.tmp"  # this test's process: a conversion still running
+    running.write_bytes(b"busy")
+    not_ours = out / f".notes.txt.{dead}.tmp"
+    not_ours.write_bytes(b"a user's file")
+    r = _cli([tmp_path / "in", "-o", out / "slide.tiff"])
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([running.name, not_ours.name, "slide.json", "slide.tiff"])
+    for path in [*stale, work]:
+        assert f"removed {path}, left by a conversion whose process was killed" in r.stderr
+
+
+def test_a_command_killed_outright_leaves_its_temporary_tiff_and_the_next_command_removes_it(tmp_path):
+    write_series(SlideSpec(width=6000, height=4000), tmp_path / "in")
+    out = tmp_path / "out" / "slide.tiff"
+    proc = subprocess.Popen([sys.executable, "-m", "scp.cli", "convert", str(tmp_path / "in"), "-o", str(out), "--mode", "reencode"],
+                            cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    try:
+        while not list(out.parent.glob(".slide.tiff.*.tmp")):
+            assert proc.poll() is None, "the conversion ended before its temporary TIFF was seen"
+            assert time.monotonic() < deadline, "no temporary TIFF within 60 s"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the command and its forked conversion
+        proc.wait(timeout=30)
+    left = sorted(p.name for p in out.parent.iterdir())
+    assert any(name.startswith(".slide.tiff.") and name.endswith(".tmp") for name in left), left
+    r = _cli([tmp_path / "in", "-o", out])
+    assert r.returncode == 0, r.stderr
+    assert "left by a conversion whose process was killed" in r.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ["slide.json", "slide.tiff"]
