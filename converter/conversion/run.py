@@ -102,20 +102,18 @@ def scratch_files(output: Path, pid: int | None = None) -> Iterator[Path]:
 
 def remove_stale_scratch(folder: Path) -> list[Path]:
     """Remove what stale_scratch finds; returns what went."""
-    removed = []
-    for path in stale_scratch(folder):
-        _remove(path)
-        removed.append(path)
-    return removed
+    return _remove_all(stale_scratch(folder))
 
 
 def remove_scratch(output: Path, pid: int | None = None) -> list[Path]:
     """Remove what scratch_files finds (after a conversion process was killed); returns what went."""
-    removed = []
-    for path in list(scratch_files(output, pid)):
+    return _remove_all(list(scratch_files(output, pid)))
+
+
+def _remove_all(paths: list[Path]) -> list[Path]:
+    for path in paths:
         _remove(path)
-        removed.append(path)
-    return removed
+    return paths
 
 
 _SCRATCH = re.compile(r"\.(?P<name>.+\.(?:tiff?|json))\.(?P<pid>[0-9]+)\.(?:tmp|work|early)", re.IGNORECASE)
