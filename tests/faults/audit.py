@@ -2,13 +2,15 @@
 
 `audit_series` counts, for one series, the instances missing from the published output or the
 archive (lost), SOP Instance UIDs held more than once (duplicates), unreadable or hidden
-temporary files (partial), the TIFFs published for it and the conversions the state records.
+temporary files (partial), the TIFFs published for it and the conversions the state records;
+`settled_audits` polls them until every series is archived and published.
 `node_answers` checks the process is alive and answers C-ECHO and /healthz.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +67,19 @@ def audit_series(node: NodeProcess, study: str, uid: str, sops: list[str]) -> Se
                                          for line in node.log_text().splitlines()):
         conversions = 1
     return SeriesAudit(uid, lost, duplicates, partial, tiffs, conversions, (state or {}).get("state"))
+
+
+def settled_audits(node: NodeProcess, series: list[tuple[str, str, list[str]]], timeout: float = 15.0) -> list[SeriesAudit]:
+    """The audits once every series is archived and published, or as they stand at the deadline.
+
+    Archiving follows publication on the node's main loop; polling for the end state instead of sleeping a
+    fixed time keeps the kill -9 trials short without accepting anything less than that state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        audits = [audit_series(node, study, uid, sops) for study, uid, sops in series]
+        if all(a.ok and a.state == "published" for a in audits) or time.monotonic() > deadline:
+            return audits
+        time.sleep(0.1)
 
 
 def json_series(tiff: Path) -> str | None:

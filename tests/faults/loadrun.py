@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from converter.testkit import SlideSpec, series_uids, write_series
-from tests.faults.audit import audit_series, sop_uid
+from tests.faults.audit import settled_audits, sop_uid
 from tests.faults.harness import NodeProcess, multipart, proc_rss_kb, storescu, stow
 
 
@@ -94,14 +94,10 @@ def run_load(node: NodeProcess, plan: list[list[tuple]], width: int, height: int
             except AssertionError as exc:
                 failures.append(str(exc))
     done = time.monotonic() - t0
-    time.sleep(1.5)  # archiving follows publication
+    audits = settled_audits(node, [(study, uid, sops) for mine in plan for folder, files, study, uid, sops in mine])
     stop.set()
     sampler.join(5)
-    for mine in plan:
-        for folder, files, study, uid, sops in mine:
-            a = audit_series(node, study, uid, sops)
-            if not a.ok:
-                failures.append(f"series {uid}: {a}")
+    failures += [f"series {a.uid}: {a}" for a in audits if not a.ok]
     size = sum(f.stat().st_size for mine in plan for s in mine for f in s[1]) / 1e6
     return LoadResult(len(plan), len(plan[0]), width, height, round(size, 1), round(pushed, 2), round(done, 2),
                       round(peak["node"] / 1024, 1), round(peak["all"] / 1024, 1), published, failures)

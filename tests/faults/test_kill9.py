@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from converter.testkit import SlideSpec
-from tests.faults.audit import audit_series, node_answers
+from tests.faults.audit import node_answers, settled_audits
 from tests.faults.harness import storescu_until_ok
 
 SHORT, LONG = 3, 10
@@ -65,8 +65,7 @@ def test_kill9_while_four_senders_push(trial, node_process, series_factory):
     assert all(not t.is_alive() for t in threads), "a sender did not finish"
     for folder, files, study, uid, sops in series:
         node.wait_published(uid, sops, timeout=60)
-    time.sleep(1.5)  # archiving follows publication on the main loop
-    audits = [audit_series(node, study, uid, sops) for folder, files, study, uid, sops in series]
+    audits = settled_audits(node, [(study, uid, sops) for folder, files, study, uid, sops in series])
     summary = [(a.uid[-8:], len(a.lost), len(a.duplicates), len(a.partial), len(a.tiffs), a.conversions) for a in audits]
     print(f"trial {trial}: kills {[round(k, 2) for k in kills]} s after each (re)start, storescu attempts {attempts}; "
           f"(series, lost, duplicates, partial, tiffs, conversions) {summary}")

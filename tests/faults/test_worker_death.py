@@ -16,7 +16,7 @@ import time
 import requests
 
 from converter.testkit import SlideSpec
-from tests.faults.audit import audit_series, node_answers
+from tests.faults.audit import node_answers, settled_audits
 from tests.faults.harness import c_store, cmdline, proc_cpu_ticks, wait_for
 
 BIG = SlideSpec(width=8192, height=6144, seed=501, downsamples=(1, 4, 16))
@@ -45,10 +45,8 @@ def test_worker_killed_mid_conversion_is_replaced_and_the_series_published_once(
     assert all(o.status == 0 for o in c_store(node.port, small[1]))
     node.wait_published(small[3], small[4], timeout=60)
     node.wait_published(big[3], big[4], timeout=120)
-    time.sleep(1.5)
-    for folder, files, study, uid, sops in (big, small):
-        a = audit_series(node, study, uid, sops)
-        assert (a.lost, a.duplicates, a.partial, a.tiffs, a.conversions) == ([], [], [], [f"{uid}.tiff"], 1), a
+    for a in settled_audits(node, [(study, uid, sops) for folder, files, study, uid, sops in (big, small)]):
+        assert (a.lost, a.duplicates, a.partial, a.tiffs, a.conversions) == ([], [], [], [f"{a.uid}.tiff"], 1), a
     assert victim not in node.descendants()
     print(f"worker {victim} killed; both slides published {time.monotonic() - killed_at:.1f} s later")
     node_answers(node)

@@ -30,7 +30,7 @@ import distributed  # the dask extra is in the test extra (pip install -e '.[tes
 import pytest
 
 from converter.testkit import SlideSpec, series_uids, write_series
-from tests.faults.audit import audit_series, sop_uid
+from tests.faults.audit import settled_audits, sop_uid
 from tests.faults.harness import REPO, NodeProcess, c_store, free_port, wait_for
 from tests.readers import open_openslide
 
@@ -166,9 +166,8 @@ def test_series_are_converted_on_dask_workers_and_published_once(tmp_path, serie
             assert all(o.status == 0 for o in c_store(node.port, files))
         for _folder, _files, study, uid, sops in series:
             node.wait_published(uid, sops, timeout=120)
-        time.sleep(1.0)  # archive moves follow publication
-        for _folder, _files, study, uid, sops in series:
-            a = audit_series(node, study, uid, sops)
+        audits = settled_audits(node, [(study, uid, sops) for _folder, _files, study, uid, sops in series])
+        for a, (_folder, _files, study, uid, sops) in zip(audits, series):
             assert (a.lost, a.duplicates, a.partial, a.tiffs, a.conversions, a.state) == \
                 ([], [], [], [f"{uid}.tiff"], 1, "published"), a
             slide = open_openslide(node.folder("serving") / f"{uid}.tiff")
@@ -197,8 +196,7 @@ def test_worker_killed_mid_conversion_the_series_is_retried_and_published_once(t
         pid = c.worker_pids()[victim]
         os.kill(pid, signal.SIGKILL)
         node.wait_published(uid, sops, timeout=180)
-        time.sleep(1.0)
-        a = audit_series(node, study, uid, sops)
+        [a] = settled_audits(node, [(study, uid, sops)])
         assert (a.lost, a.duplicates, a.partial, a.tiffs, a.conversions, a.state) == \
             ([], [], [], [f"{uid}.tiff"], 1, "published"), a
         log = node.log_text()

@@ -25,7 +25,7 @@ import pytest
 
 from converter.testkit import SlideSpec, series_uids, write_series
 from tests.converter.executors.test_dask import BIG, Cluster, cluster, dask_node, series_factory  # noqa: F401 (fixture)
-from tests.faults.audit import audit_series, sop_uid
+from tests.faults.audit import settled_audits, sop_uid
 from tests.faults.harness import c_store, wait_for
 
 SMALL = SlideSpec(width=1024, height=768, seed=1320, downsamples=(1, 4))
@@ -56,7 +56,7 @@ def _converting(c: Cluster):
 
 
 def _published_once(node, study, uid, sops) -> None:
-    a = audit_series(node, study, uid, sops)
+    [a] = settled_audits(node, [(study, uid, sops)])  # archive moves follow publication
     assert (a.lost, a.duplicates, a.partial, a.tiffs, a.conversions, a.state) == \
         ([], [], [], [f"{uid}.tiff"], 1, "published"), a
 
@@ -80,7 +80,6 @@ def test_scheduler_killed_and_restarted_mid_conversion_the_series_is_published_o
         c.start_worker("w1b")
         c.wait_workers(2, timeout=90)
         node.wait_published(uid, sops, timeout=240)
-        time.sleep(1.0)  # archive moves follow publication
         _published_once(node, study, uid, sops)
         log = node.log_text()
         assert "the Dask cluster lost the conversion" in log or "could not be sent to the Dask scheduler" in log, log[-4000:]
@@ -110,7 +109,6 @@ def test_node_killed_with_tasks_in_flight_publishes_once_and_the_stale_task_publ
             # The stale task (submitted by the killed node) may still run; wait until no worker runs anything.
             wait_for(lambda: not any(c.processing().values()), 120, 0.2, "the workers to be idle")
             wait_for(lambda: not _hidden(serving), 60, 0.5, f"serving without staging leftovers ({_hidden(serving)})")
-            time.sleep(1.0)
             for _folder, _files, study, uid, sops in (big, small):
                 _published_once(node, study, uid, sops)
                 stat, report = published[uid]
