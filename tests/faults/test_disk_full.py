@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from pynetdicom import AE
 from converter.testkit import SlideSpec
 from tests.faults.audit import node_answers
 from tests.support.node import tmpfs
-from tests.faults.harness import WSI_STORAGE, c_store, multipart, readyz, stow
+from tests.faults.harness import WSI_STORAGE, c_store, multipart, readyz, stow, wait_for
 
 BIG = SlideSpec(width=5888, height=6000, seed=701, transfer_syntax="explicit", downsamples=(1, 4, 16))
 SMALL = SlideSpec(width=1024, height=768, seed=702, downsamples=(1, 4))
@@ -94,7 +93,9 @@ def test_disk_fills_while_converting_nothing_partial_then_published(small_fs, no
     assert [int(assoc.send_c_store(f).Status) for f in mid[1]] == [0] * len(mid[1])
     filler = fill(small_fs, 0.2)  # the slide is in; its conversion will find no room in serving
     assoc.release()  # the slide is complete: the conversion starts
-    time.sleep(6)
+    # The conversion runs into the full disk and the series is kept queued (not the slide's fault).
+    wait_for(lambda: any(f"series {mid[3]}: " in line and "Retrying in" in line for line in node.log_text().splitlines()),
+             60, 0.2, "the conversion to find no space and the series to be kept queued")
     serving = node.folder("serving")
     assert node.published(mid[3]) is None
     assert [p.name for p in serving.iterdir()] == [], list(serving.iterdir())  # nothing partial
