@@ -1,6 +1,6 @@
 """The few places where wsi-node reaches into pynetdicom's internals, in one reviewed file.
 
-pynetdicom has no setting for three things the node needs, so they are changed here, and only
+pynetdicom has no setting for four things the node needs, so they are changed here, and only
 for the pynetdicom versions this file was written against (checked at start: another version
 fails loudly, naming this file, instead of misbehaving quietly):
 
@@ -28,6 +28,12 @@ fails loudly, naming this file, instead of misbehaving quietly):
    2 (rejected-transient), source 3 (service-provider, presentation related), reason 2 (local
    limit exceeded), PS3.8 9.3.4 table 9-21. Connections that send nothing are not counted and
    are closed by the ARTIM timer after the ACSE timeout (PS3.8 9.1.5).
+4. How soon the acceptor stops. AE.start_server(block=False) runs socketserver's
+   `serve_forever()` with its default poll interval of 0.5 s, so every node stop (SIGTERM from
+   systemd or Docker) waited up to 0.5 s for the listening thread to look at its stop flag.
+   `NodeAE.start_server` builds the same server through the public `AE.make_server(server_class=)`
+   hook, as `PromptServer`, which polls every 50 ms, and registers it in `AE._servers` (private:
+   `AE.shutdown` and `ThreadedAssociationServer.shutdown` use that list) as start_server does.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_items import PresentationDataValueItem
+from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from config.errors import WsiNodeError
 
@@ -53,6 +61,8 @@ SUPPORTED_VERSIONS = ("3.0.4",)
 OTHER_PDU_LIMIT = 256 << 10
 """Largest A-ASSOCIATE-RQ (or any PDU but P-DATA-TF) read; Orthanc's ~127 contexts take ~15 KB."""
 RECV_CHUNK = 1 << 20
+STOP_POLL_S = 0.05
+"""How often the acceptor thread looks at its stop flag (socketserver's default is 0.5 s)."""
 _UINT4 = struct.Struct(">L")
 
 _original_read_pdu_data = DULServiceProvider._read_pdu_data
@@ -70,10 +80,11 @@ def check_version(version: str | None = None) -> None:
         raise PynetdicomVersionError(
             f"pynetdicom {version} is installed, but scp/pynetdicom_adapter.py was written for pynetdicom "
             f"{', '.join(SUPPORTED_VERSIONS)} (it replaces DULServiceProvider._read_pdu_data and "
-            "dimse_messages.NamedTemporaryFile, serialises ACSE._negotiate_as_acceptor, and relies on acse.py "
-            "counting AE.active_associations).",
+            "dimse_messages.NamedTemporaryFile, serialises ACSE._negotiate_as_acceptor, relies on acse.py "
+            "counting AE.active_associations and registers its servers in AE._servers).",
             f"Install pynetdicom=={SUPPORTED_VERSIONS[-1]}, or review scp/pynetdicom_adapter.py against pynetdicom "
-            f"{version}'s dul.py, dimse_messages.py and acse.py and add the version to SUPPORTED_VERSIONS.")
+            f"{version}'s dul.py, dimse_messages.py, acse.py and ae.py (start_server) and add the version to "
+            "SUPPORTED_VERSIONS.")
 
 
 def install(writer_factory: Callable[[object], object]) -> None:
@@ -276,9 +287,30 @@ class NodeAE(AE):
             return every
         return [a for a in every if not a.is_acceptor or a is negotiating or _holds_a_slot(a)]
 
+    def start_server(self, address, block: bool = True, ssl_context=None, evt_handlers=None, ae_title=None,
+                     contexts=None):
+        """AE.start_server, with a `PromptServer` in its own thread when not blocking (what the node uses)."""
+        if block:
+            return super().start_server(address, block=True, ssl_context=ssl_context, evt_handlers=evt_handlers,
+                                        ae_title=ae_title, contexts=contexts)
+        server = self.make_server(address, ae_title=ae_title, contexts=contexts, ssl_context=ssl_context,
+                                  evt_handlers=evt_handlers, server_class=PromptServer)
+        thread = threading.Thread(target=make_target(server.serve_forever), daemon=True,
+                                  name=f"AcceptorServer@{server.server_address[1]}")
+        thread.start()
+        self._servers.append(server)
+        return server
+
     def accepted_count(self) -> int:
         """Acceptor associations established and not ended (what the limit counts, besides a negotiating one)."""
         return sum(1 for a in super().active_associations if a.is_acceptor and _holds_a_slot(a))
+
+
+class PromptServer(ThreadedAssociationServer):
+    """pynetdicom's threaded association server, looking at its stop flag every STOP_POLL_S seconds."""
+
+    def serve_forever(self, poll_interval: float = STOP_POLL_S) -> None:
+        super().serve_forever(poll_interval)
 
 
 def _holds_a_slot(a: Association) -> bool:
