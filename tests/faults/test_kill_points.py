@@ -17,7 +17,7 @@ import sqlite3
 import pytest
 
 from converter.testkit import SlideSpec
-from tests.faults.audit import audit_series, node_answers
+from tests.faults.audit import node_answers, settled_audits
 from tests.faults.harness import c_store, wait_for
 
 SPEC = SlideSpec(width=1024, height=768, seed=611, downsamples=(1, 4))
@@ -47,11 +47,8 @@ def test_kill_between_recording_steps_resumes_to_one_published_slide(point, node
     assert marker.exists(), f"the node exited without reaching {target}:\n{node.log_text()[-3000:]}"
     node.restart()
     node.wait_published(uid, sops, timeout=60)
-    try:
-        wait_for(lambda: audit_series(node, study, uid, sops).ok and node.series_state(uid)["state"] == "published", 20, 0.2,
-                 "the slide to end published and archived")
-    except AssertionError:
-        pytest.fail(f"after the kill ({point}) and a restart: {audit_series(node, study, uid, sops)}\n{node.log_text()[-4000:]}")
+    [a] = settled_audits(node, [(study, uid, sops)], timeout=20)
+    assert a.ok and a.state == "published", f"after the kill ({point}) and a restart: {a}\n{node.log_text()[-4000:]}"
     assert _tracker_status(node, uid) == "published"  # the status page does not show it converting forever
     assert node.incoming() == []
     node_answers(node)
